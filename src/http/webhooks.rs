@@ -1,0 +1,128 @@
+//! Veriff's webhook receiver: bytes in, signature checked, published with a confirm, then 200.
+
+use actix_web::http::header::{CONTENT_LENGTH, HeaderMap};
+use actix_web::{HttpRequest, HttpResponse, web};
+use bytes::BytesMut;
+use chrono::Utc;
+use futures_util::StreamExt;
+
+use super::{AppState, BODY_LIMIT};
+use crate::error::ApiError;
+use crate::queue::Envelope;
+use crate::veriff::signature::{RawWebhook, SignatureHeaders};
+use crate::veriff::{Kind, dedup, payload};
+
+pub async fn decision(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    receive(Kind::Decision, &req, body, &state).await
+}
+
+pub async fn event(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    receive(Kind::Event, &req, body, &state).await
+}
+
+async fn receive(
+    kind: Kind,
+    req: &HttpRequest,
+    body: web::Payload,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
+    let count = |outcome: &str| {
+        state
+            .metrics
+            .webhooks
+            .with_label_values(&[kind.as_str(), outcome])
+            .inc();
+    };
+    let body = read_limited(req.headers(), body).await.inspect_err(|e| {
+        if matches!(e, ApiError::PayloadTooLarge { .. }) {
+            count("too_large");
+        }
+    })?;
+    let raw = RawWebhook {
+        kind,
+        body: body.freeze(),
+        headers: signature_headers(req.headers()),
+    };
+    let webhook = state.integrations.verify(raw).map_err(|e| {
+        count("bad_signature");
+        tracing::warn!(%kind, reason = %e, "webhook refused");
+        ApiError::from(e)
+    })?;
+
+    let facts = payload::parse(kind, webhook.body());
+    let dedup_key = dedup::dedup_key(kind, facts.as_ref(), webhook.body());
+    let envelope = Envelope::webhook(
+        state.broker.topology().exchange(),
+        &webhook,
+        facts.as_ref(),
+        dedup_key,
+        Utc::now(),
+    );
+    let session = facts.as_ref().map(|f| f.session_id.as_str());
+    match state.broker.publish(&envelope).await {
+        Ok(took) => {
+            state
+                .metrics
+                .publish_confirm_seconds
+                .with_label_values(&[kind.as_str()])
+                .observe(took.as_secs_f64());
+            count(if facts.is_some() {
+                "accepted"
+            } else {
+                "unparsed"
+            });
+            tracing::debug!(%kind, dedup_key = %envelope.message_id, session, integration = %webhook.integration(), "webhook accepted");
+            Ok(HttpResponse::Ok().finish())
+        }
+        Err(error) => {
+            count("broker_unavailable");
+            tracing::warn!(%kind, dedup_key = %envelope.message_id, session, %error, "webhook not published");
+            Err(ApiError::BrokerUnavailable)
+        }
+    }
+}
+
+/// Reads the body, refusing it as soon as it is known to exceed the limit.
+async fn read_limited(headers: &HeaderMap, mut body: web::Payload) -> Result<BytesMut, ApiError> {
+    let too_large = ApiError::PayloadTooLarge { limit: BODY_LIMIT };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT) {
+        return Err(too_large);
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(4096));
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|_| ApiError::BodyUnreadable)?;
+        if buf.len() + chunk.len() > BODY_LIMIT {
+            return Err(too_large);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+fn signature_headers(headers: &HeaderMap) -> SignatureHeaders {
+    // A header that is present but not text is kept (as empty) so it fails as malformed
+    // rather than passing as absent.
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().map(str::to_owned).unwrap_or_default())
+    };
+    SignatureHeaders {
+        hmac: text("x-hmac-signature"),
+        vrf_hmac: text("vrf-hmac-signature"),
+        auth_client: text("x-auth-client"),
+        legacy_present: headers.contains_key("x-signature"),
+    }
+}

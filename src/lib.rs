@@ -1,0 +1,13 @@
+//! kyc: identity verification with Veriff. Signed webhooks are verified on their raw bytes,
+//! published durably to RabbitMQ, and applied exactly once to PostgreSQL by the worker.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod queue;
+pub mod state_machine;
+pub mod storage;
+pub mod telemetry;
+pub mod veriff;

@@ -1,0 +1,9 @@
+//! RabbitMQ: the topology, a self-healing connection, and the message format.
+
+pub mod broker;
+pub mod message;
+pub mod topology;
+
+pub use broker::{Broker, PublishError};
+pub use message::Envelope;
+pub use topology::Topology;

@@ -1,0 +1,262 @@
+//! Veriff's webhook signature: lowercase hex HMAC-SHA256 of the raw body with the
+//! integration's shared secret. Verification happens on bytes, before any parsing, and
+//! is the only way to obtain a [`VerifiedWebhook`].
+
+use std::fmt;
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::Sha256;
+
+use super::Kind;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Length in bytes of an HMAC-SHA256 tag.
+const TAG_LEN: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Integration {
+    Eu,
+    Us,
+}
+
+impl Integration {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Integration::Eu => "EU",
+            Integration::Us => "US",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "EU" => Some(Integration::Eu),
+            "US" => Some(Integration::Us),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Integration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One Veriff integration's API key and shared secrets (newest first; retired ones stay
+/// so that what is still queued or archived keeps verifying).
+#[derive(Clone)]
+pub struct IntegrationKeys {
+    integration: Integration,
+    api_key: SecretString,
+    secrets: Vec<SecretString>,
+}
+
+impl IntegrationKeys {
+    pub fn new(
+        integration: Integration,
+        api_key: SecretString,
+        secrets: Vec<SecretString>,
+    ) -> Self {
+        Self {
+            integration,
+            api_key,
+            secrets,
+        }
+    }
+
+    pub fn integration(&self) -> Integration {
+        self.integration
+    }
+
+    pub fn api_key(&self) -> &SecretString {
+        &self.api_key
+    }
+
+    /// The secret that signs outgoing requests: the first one configured.
+    pub fn signing_secret(&self) -> Option<&SecretString> {
+        self.secrets.first()
+    }
+
+    fn verifies(&self, body: &[u8], tag: &[u8; TAG_LEN]) -> bool {
+        self.secrets.iter().any(|secret| {
+            let mut mac = new_mac(secret);
+            mac.update(body);
+            mac.verify_slice(tag).is_ok()
+        })
+    }
+}
+
+impl fmt::Debug for IntegrationKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IntegrationKeys")
+            .field("integration", &self.integration)
+            .field("secrets", &self.secrets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The configured integrations: EU always, US optionally.
+#[derive(Debug, Clone)]
+pub struct Integrations {
+    eu: IntegrationKeys,
+    us: Option<IntegrationKeys>,
+}
+
+impl Integrations {
+    pub fn new(eu: IntegrationKeys, us: Option<IntegrationKeys>) -> Self {
+        Self { eu, us }
+    }
+
+    pub fn get(&self, integration: Integration) -> Option<&IntegrationKeys> {
+        match integration {
+            Integration::Eu => Some(&self.eu),
+            Integration::Us => self.us.as_ref(),
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &IntegrationKeys> {
+        std::iter::once(&self.eu).chain(self.us.as_ref())
+    }
+
+    fn by_api_key(&self, presented: &str) -> Option<&IntegrationKeys> {
+        self.all().find(|keys| {
+            constant_time_eq(
+                keys.api_key.expose_secret().as_bytes(),
+                presented.as_bytes(),
+            )
+        })
+    }
+
+    /// Checks a webhook's signature on its raw bytes and resolves its integration.
+    pub fn verify(&self, raw: RawWebhook) -> Result<VerifiedWebhook, SignatureError> {
+        let tag = raw.headers.tag()?;
+        let keys = match raw.headers.auth_client.as_deref() {
+            Some(client) => {
+                let keys = self
+                    .by_api_key(client)
+                    .ok_or(SignatureError::UnknownClient)?;
+                keys.verifies(&raw.body, &tag).then_some(keys)
+            }
+            None => self.all().find(|keys| keys.verifies(&raw.body, &tag)),
+        };
+        let keys = keys.ok_or(SignatureError::Mismatch)?;
+        Ok(VerifiedWebhook {
+            kind: raw.kind,
+            body: raw.body,
+            signature: hex::encode(tag),
+            integration: keys.integration,
+        })
+    }
+}
+
+/// The headers that carry a webhook's signature and client, as received.
+#[derive(Debug, Clone, Default)]
+pub struct SignatureHeaders {
+    /// `X-HMAC-SIGNATURE`
+    pub hmac: Option<String>,
+    /// `VRF-HMAC-SIGNATURE`, the fallback when `X-HMAC-SIGNATURE` is absent
+    pub vrf_hmac: Option<String>,
+    /// `X-AUTH-CLIENT`
+    pub auth_client: Option<String>,
+    /// Whether the legacy `X-SIGNATURE` header was sent (refused on its own)
+    pub legacy_present: bool,
+}
+
+impl SignatureHeaders {
+    fn tag(&self) -> Result<[u8; TAG_LEN], SignatureError> {
+        let tag = match (&self.hmac, &self.vrf_hmac) {
+            (Some(primary), Some(fallback)) => {
+                let (a, b) = (parse_tag(primary)?, parse_tag(fallback)?);
+                if !constant_time_eq(&a, &b) {
+                    return Err(SignatureError::Conflicting);
+                }
+                a
+            }
+            (Some(one), None) | (None, Some(one)) => parse_tag(one)?,
+            (None, None) if self.legacy_present => return Err(SignatureError::LegacyScheme),
+            (None, None) => return Err(SignatureError::Missing),
+        };
+        Ok(tag)
+    }
+}
+
+/// A webhook as it arrived: bytes that nobody has vouched for yet.
+#[derive(Debug, Clone)]
+pub struct RawWebhook {
+    pub kind: Kind,
+    pub body: Bytes,
+    pub headers: SignatureHeaders,
+}
+
+/// A webhook whose signature matched one of the integration's secrets. Only
+/// [`Integrations::verify`] makes one, so holding one is proof of the check.
+#[derive(Debug, Clone)]
+pub struct VerifiedWebhook {
+    kind: Kind,
+    body: Bytes,
+    signature: String,
+    integration: Integration,
+}
+
+impl VerifiedWebhook {
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The verified signature, normalised to lowercase hex.
+    pub fn signature(&self) -> &str {
+        &self.signature
+    }
+
+    pub fn integration(&self) -> Integration {
+        self.integration
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("the X-HMAC-SIGNATURE header is missing")]
+    Missing,
+    #[error("the signature is not 64 hexadecimal characters")]
+    Malformed,
+    #[error("X-HMAC-SIGNATURE and VRF-HMAC-SIGNATURE disagree")]
+    Conflicting,
+    #[error("the legacy X-SIGNATURE scheme is not accepted; sign with X-HMAC-SIGNATURE")]
+    LegacyScheme,
+    #[error("X-AUTH-CLIENT does not name a configured integration")]
+    UnknownClient,
+    #[error("the signature does not match the body")]
+    Mismatch,
+}
+
+/// Lowercase hex HMAC-SHA256 of `message` with `secret`.
+pub fn sign(secret: &SecretString, message: &[u8]) -> String {
+    let mut mac = new_mac(secret);
+    mac.update(message);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn new_mac(secret: &SecretString) -> HmacSha256 {
+    <HmacSha256 as Mac>::new_from_slice(secret.expose_secret().as_bytes())
+        .expect("HMAC accepts keys of any length")
+}
+
+fn parse_tag(value: &str) -> Result<[u8; TAG_LEN], SignatureError> {
+    let mut tag = [0u8; TAG_LEN];
+    hex::decode_to_slice(value.trim(), &mut tag).map_err(|_| SignatureError::Malformed)?;
+    Ok(tag)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // Hashing first hides the lengths as well as the contents.
+    use sha2::Digest;
+    use subtle::ConstantTimeEq;
+    Sha256::digest(a).ct_eq(&Sha256::digest(b)).into()
+}
