@@ -1,6 +1,7 @@
 //! kyc: identity verification with Veriff. Signed webhooks are verified on their raw bytes,
 //! published durably to RabbitMQ, and applied exactly once to PostgreSQL by the worker.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod error;

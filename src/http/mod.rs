@@ -44,6 +44,8 @@ pub fn server(state: AppState, listener: TcpListener) -> std::io::Result<Server>
             .default_service(web::to(|| async { Err::<&str, _>(ApiError::NotFound) }))
     })
     .listen(listener)?
+    // Signals are the service's to handle, so that every role stops together.
+    .disable_signals()
     .shutdown_timeout(10)
     .run();
     Ok(server)

@@ -260,3 +260,263 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     Sha256::digest(a).ct_eq(&Sha256::digest(b)).into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURES: &[(&str, &[u8])] = &[
+        (
+            "event-started.json",
+            include_bytes!("../../tests/fixtures/veriff/event-started.json"),
+        ),
+        (
+            "event-submitted.json",
+            include_bytes!("../../tests/fixtures/veriff/event-submitted.json"),
+        ),
+        (
+            "decision-approved.json",
+            include_bytes!("../../tests/fixtures/veriff/decision-approved.json"),
+        ),
+        (
+            "decision-declined.json",
+            include_bytes!("../../tests/fixtures/veriff/decision-declined.json"),
+        ),
+        (
+            "decision-resubmission-requested.json",
+            include_bytes!("../../tests/fixtures/veriff/decision-resubmission-requested.json"),
+        ),
+        (
+            "decision-expired.json",
+            include_bytes!("../../tests/fixtures/veriff/decision-expired.json"),
+        ),
+        (
+            "decision-abandoned.json",
+            include_bytes!("../../tests/fixtures/veriff/decision-abandoned.json"),
+        ),
+    ];
+    const SIGNATURES: &str = include_str!("../../tests/fixtures/veriff/SIGNATURES.txt");
+
+    /// (file, X-HMAC-SIGNATURE, legacy X-SIGNATURE) rows of SIGNATURES.txt.
+    fn signatures() -> Vec<(&'static str, &'static str, &'static str)> {
+        SIGNATURES
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split('\t').collect();
+                (cols.len() == 4).then(|| (cols[0], cols[1], cols[2]))
+            })
+            .collect()
+    }
+
+    fn fixture(name: &str) -> &'static [u8] {
+        FIXTURES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, b)| *b)
+            .unwrap_or_else(|| panic!("no fixture {name}"))
+    }
+
+    fn secret(s: &str) -> SecretString {
+        SecretString::from(s.to_owned())
+    }
+
+    fn integrations() -> Integrations {
+        Integrations::new(
+            IntegrationKeys::new(
+                Integration::Eu,
+                secret("eu-key"),
+                vec![secret("test-shared-secret")],
+            ),
+            Some(IntegrationKeys::new(
+                Integration::Us,
+                secret("us-key"),
+                vec![secret("us-secret")],
+            )),
+        )
+    }
+
+    fn raw(body: &[u8], headers: SignatureHeaders) -> RawWebhook {
+        RawWebhook {
+            kind: Kind::Decision,
+            body: Bytes::copy_from_slice(body),
+            headers,
+        }
+    }
+
+    fn hmac(sig: &str) -> SignatureHeaders {
+        SignatureHeaders {
+            hmac: Some(sig.to_owned()),
+            ..SignatureHeaders::default()
+        }
+    }
+
+    #[test]
+    fn every_fixture_signs_and_verifies_as_in_signatures_txt() {
+        let rows = signatures();
+        assert_eq!(rows.len(), FIXTURES.len());
+        for (file, expected, _) in rows {
+            let body = fixture(file);
+            assert_eq!(
+                sign(&secret("test-shared-secret"), body),
+                expected,
+                "{file}"
+            );
+            let verified = integrations()
+                .verify(raw(body, hmac(expected)))
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(verified.integration(), Integration::Eu);
+            assert_eq!(verified.signature(), expected);
+            assert_eq!(verified.body().as_ref(), body);
+        }
+    }
+
+    #[test]
+    fn uppercase_hex_is_accepted_and_normalised() {
+        let (file, sig, _) = signatures()[0];
+        let verified = integrations()
+            .verify(raw(fixture(file), hmac(&sig.to_uppercase())))
+            .expect("uppercase hex verifies");
+        assert_eq!(verified.signature(), sig);
+    }
+
+    #[test]
+    fn tampering_and_wrong_material_are_rejected() {
+        for (file, sig, legacy) in signatures() {
+            let body = fixture(file);
+            let verify =
+                |body: &[u8], headers| integrations().verify(raw(body, headers)).map(|_| ());
+
+            let mut flipped = body.to_vec();
+            flipped[body.len() / 2] ^= 0x01;
+            assert_eq!(
+                verify(&flipped, hmac(sig)),
+                Err(SignatureError::Mismatch),
+                "{file} flipped"
+            );
+
+            let value: serde_json::Value = serde_json::from_slice(body).expect("fixture is JSON");
+            let pretty = serde_json::to_vec_pretty(&value).expect("serialises");
+            assert_eq!(
+                verify(&pretty, hmac(sig)),
+                Err(SignatureError::Mismatch),
+                "{file} pretty"
+            );
+
+            let wrong = sign(&secret("another-secret"), body);
+            assert_eq!(
+                verify(body, hmac(&wrong)),
+                Err(SignatureError::Mismatch),
+                "{file} secret"
+            );
+
+            assert_eq!(
+                verify(body, hmac(&sig[..63])),
+                Err(SignatureError::Malformed)
+            );
+            assert_eq!(
+                verify(body, hmac(&format!("{}zz", &sig[..62]))),
+                Err(SignatureError::Malformed)
+            );
+            assert_eq!(verify(body, hmac("")), Err(SignatureError::Malformed));
+
+            // The legacy scheme's value in the HMAC header does not verify, and alone it is refused.
+            assert_eq!(verify(body, hmac(legacy)), Err(SignatureError::Mismatch));
+            let legacy_only = SignatureHeaders {
+                legacy_present: true,
+                ..SignatureHeaders::default()
+            };
+            assert_eq!(verify(body, legacy_only), Err(SignatureError::LegacyScheme));
+            assert_eq!(
+                verify(body, SignatureHeaders::default()),
+                Err(SignatureError::Missing)
+            );
+        }
+    }
+
+    #[test]
+    fn vrf_header_is_the_fallback_and_must_agree() {
+        let (file, sig, _) = signatures()[2];
+        let body = fixture(file);
+        let vrf_only = SignatureHeaders {
+            vrf_hmac: Some(sig.to_owned()),
+            ..SignatureHeaders::default()
+        };
+        assert!(integrations().verify(raw(body, vrf_only)).is_ok());
+
+        let agreeing = SignatureHeaders {
+            hmac: Some(sig.to_owned()),
+            vrf_hmac: Some(sig.to_uppercase()),
+            ..SignatureHeaders::default()
+        };
+        assert!(integrations().verify(raw(body, agreeing)).is_ok());
+
+        let disagreeing = SignatureHeaders {
+            hmac: Some(sig.to_owned()),
+            vrf_hmac: Some(sign(&secret("other"), body)),
+            ..SignatureHeaders::default()
+        };
+        assert_eq!(
+            integrations().verify(raw(body, disagreeing)).map(|_| ()),
+            Err(SignatureError::Conflicting)
+        );
+    }
+
+    #[test]
+    fn auth_client_selects_the_integration() {
+        let body = b"{\"verification\":{\"id\":\"s\"}}";
+        let us_sig = sign(&secret("us-secret"), body);
+        let with_client = |client: &str, sig: &str| SignatureHeaders {
+            hmac: Some(sig.to_owned()),
+            auth_client: Some(client.to_owned()),
+            ..SignatureHeaders::default()
+        };
+        let resolved = integrations()
+            .verify(raw(body, with_client("us-key", &us_sig)))
+            .expect("US secret under the US key");
+        assert_eq!(resolved.integration(), Integration::Us);
+        // The right secret under the other integration's key does not verify.
+        assert_eq!(
+            integrations()
+                .verify(raw(body, with_client("eu-key", &us_sig)))
+                .map(|_| ()),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            integrations()
+                .verify(raw(body, with_client("nobody", &us_sig)))
+                .map(|_| ()),
+            Err(SignatureError::UnknownClient)
+        );
+        // Without X-AUTH-CLIENT the matching secret names the integration.
+        let resolved = integrations()
+            .verify(raw(body, hmac(&us_sig)))
+            .expect("any secret");
+        assert_eq!(resolved.integration(), Integration::Us);
+    }
+
+    #[test]
+    fn retired_secrets_still_verify_and_the_first_one_signs() {
+        let keys = IntegrationKeys::new(
+            Integration::Eu,
+            secret("k"),
+            vec![secret("new-secret"), secret("test-shared-secret")],
+        );
+        assert_eq!(
+            keys.signing_secret().map(|s| s.expose_secret()),
+            Some("new-secret")
+        );
+        let (file, sig, _) = signatures()[0];
+        let rotated = Integrations::new(keys, None);
+        assert!(rotated.verify(raw(fixture(file), hmac(sig))).is_ok());
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let shown = format!("{:?}", integrations());
+        assert!(
+            !shown.contains("test-shared-secret") && !shown.contains("eu-key"),
+            "{shown}"
+        );
+    }
+}
