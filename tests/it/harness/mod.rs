@@ -1,0 +1,202 @@
+//! Test harness: start the real service on port 0 with its own queue prefix (and database),
+//! talk to it over HTTP, and look at what it left in the broker.
+
+pub mod amqp;
+pub mod db;
+pub mod proxy;
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use kyc::app::Service;
+use kyc::config::Config;
+
+pub use amqp::QueuePeek;
+pub use db::TestDb;
+
+pub const EU_API_KEY: &str = "eu-api-key";
+pub const EU_SECRET: &str = "test-shared-secret";
+pub const US_API_KEY: &str = "us-api-key";
+pub const US_SECRET: &str = "us-shared-secret";
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+#[derive(Parser)]
+struct ConfigOnly {
+    #[command(flatten)]
+    config: Config,
+}
+
+/// A configuration for one test: its own prefix, test secrets, short retry delays.
+pub fn test_config(prefix: &str, amqp_url: &str, database_url: &str, extra: &[&str]) -> Config {
+    let mut args = vec![
+        "kyc",
+        "--queue-prefix",
+        prefix,
+        "--amqp-url",
+        amqp_url,
+        "--database-url",
+        database_url,
+        "--veriff-api-key",
+        EU_API_KEY,
+        "--veriff-shared-secrets",
+        EU_SECRET,
+        "--veriff-us-api-key",
+        US_API_KEY,
+        "--veriff-us-shared-secrets",
+        US_SECRET,
+        "--retry-delays",
+        "1s,2s",
+    ];
+    args.extend_from_slice(extra);
+    match ConfigOnly::try_parse_from(args) {
+        Ok(c) => c.config,
+        Err(e) => panic!("test configuration: {e}"),
+    }
+}
+
+pub fn unique_prefix() -> String {
+    format!("kyctest-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A running `kyc serve` on port 0, with a queue prefix of its own.
+pub struct TestApp {
+    pub base_url: String,
+    pub config: Config,
+    pub http: reqwest::Client,
+    service: Option<Service>,
+}
+
+impl TestApp {
+    /// Serves with the broker reached at `amqp_url` (a proxy in fault tests).
+    pub async fn serve_via(amqp_url: &str) -> Self {
+        kyc::telemetry::init(kyc::config::LogFormat::Pretty);
+        let prefix = unique_prefix();
+        let config = test_config(
+            &prefix,
+            amqp_url,
+            "postgres://postgres@127.0.0.1:5432/unused",
+            &[],
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let service = Service::start_http(&config, false, listener).expect("service starts");
+        let addr = service.http_addr().expect("serves HTTP");
+        let app = Self {
+            base_url: format!("http://{addr}"),
+            config,
+            http: reqwest::Client::new(),
+            service: Some(service),
+        };
+        app.wait_ready().await;
+        app
+    }
+
+    pub async fn serve() -> Self {
+        Self::serve_via(AMQP_URL).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    pub async fn wait_ready(&self) {
+        eventually(
+            Duration::from_secs(20),
+            "the service to become ready",
+            || async {
+                let r = self.http.get(self.url("/readyz")).send().await.ok()?;
+                r.status().is_success().then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// POSTs a webhook body to `/webhooks/veriff/{kind}` with the given headers.
+    pub async fn post_webhook(
+        &self,
+        kind: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(self.url(&format!("/webhooks/veriff/{kind}")))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("request reaches the server")
+    }
+
+    pub fn peek(&self) -> QueuePeek {
+        QueuePeek::new(kyc::app::topology(&self.config))
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Idle keep-alive connections would hold up the graceful shutdown.
+        drop(std::mem::take(&mut self.http));
+        let service = self.service.take();
+        let topology = kyc::app::topology(&self.config);
+        // Drop cannot be async: clean up on a thread of its own, even after a panic.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Some(service) = service {
+                    service.shutdown().await;
+                }
+                amqp::delete_topology(&topology).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A Veriff fixture's bytes and its X-HMAC-SIGNATURE from SIGNATURES.txt.
+pub fn fixture(name: &str) -> (Vec<u8>, String) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/veriff");
+    let body = std::fs::read(format!("{dir}/{name}")).expect("fixture exists");
+    let signatures = std::fs::read_to_string(format!("{dir}/SIGNATURES.txt")).expect("signatures");
+    let signature = signatures
+        .lines()
+        .find_map(|l| {
+            let cols: Vec<&str> = l.split('\t').collect();
+            (cols.first() == Some(&name)).then(|| cols[1].to_owned())
+        })
+        .expect("fixture has a signature");
+    (body, signature)
+}
+
+pub const FIXTURES: &[&str] = &[
+    "event-started.json",
+    "event-submitted.json",
+    "decision-approved.json",
+    "decision-declined.json",
+    "decision-resubmission-requested.json",
+    "decision-expired.json",
+    "decision-abandoned.json",
+];

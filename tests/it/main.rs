@@ -1,0 +1,6 @@
+//! Integration tests: the real service against the real PostgreSQL and RabbitMQ, each test
+//! with its own database and queue prefix. One binary, so the crate is linked once.
+
+mod harness;
+mod ingest;
+mod migrate;
