@@ -12,6 +12,8 @@ use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::queue::{Broker, Topology};
+use crate::storage;
+use crate::worker::Worker;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -27,29 +29,54 @@ pub fn topology(config: &Config) -> Topology {
     Topology::new(config.queue_prefix.clone(), config.retry_delays.0.clone())
 }
 
+/// What a process runs: the HTTP side (on this listener), the worker, or both.
+pub struct Roles {
+    pub http: Option<TcpListener>,
+    pub worker: bool,
+}
+
 impl Service {
-    /// Starts the HTTP side on `listener`.
-    pub fn start_http(config: &Config, dev: bool, listener: TcpListener) -> Result<Self, BoxError> {
-        if dev {
-            config.check_dev_loopback()?;
-        }
+    /// Starts the requested roles around one broker connection.
+    pub fn start(config: &Config, dev: bool, roles: Roles) -> Result<Self, BoxError> {
         let integrations = config.integrations(dev)?;
         let stop = CancellationToken::new();
         let broker = Broker::start(config.amqp_url.clone(), topology(config), stop.clone());
-        let http_addr = listener.local_addr()?;
-        let state = AppState {
-            integrations,
-            broker,
-            metrics: Arc::new(Metrics::new()),
-        };
-        let server = http::server(state, listener)?;
-        let handle = server.handle();
+        let metrics = Arc::new(Metrics::new());
         let mut tasks = JoinSet::new();
-        tasks.spawn(async move { server.await.map_err(BoxError::from) });
-        tracing::info!(addr = %http_addr, "serving HTTP");
+
+        if roles.worker {
+            let concurrency = usize::from(config.worker_concurrency);
+            let worker = Arc::new(Worker {
+                pool: storage::pool(&config.database_url, concurrency + 4)?,
+                broker: broker.clone(),
+                integrations: integrations.clone(),
+                archive: config.archive_cipher(dev)?,
+                policy: config.policy(),
+                metrics: Arc::clone(&metrics),
+                concurrency,
+                archive_retention: config.archive_retention,
+            });
+            tasks.spawn(worker.run(stop.clone()));
+            tracing::info!(concurrency, "worker started");
+        }
+
+        let (mut http_addr, mut server) = (None, None);
+        if let Some(listener) = roles.http {
+            let addr = listener.local_addr()?;
+            let state = AppState {
+                integrations,
+                broker,
+                metrics,
+            };
+            let running = http::server(state, listener)?;
+            server = Some(running.handle());
+            tasks.spawn(async move { running.await.map_err(BoxError::from) });
+            tracing::info!(%addr, "serving HTTP");
+            http_addr = Some(addr);
+        }
         Ok(Self {
-            http_addr: Some(http_addr),
-            server: Some(handle),
+            http_addr,
+            server,
             stop,
             tasks,
         })

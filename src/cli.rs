@@ -4,7 +4,7 @@ use std::net::TcpListener;
 
 use clap::{Parser, Subcommand};
 
-use crate::app::{BoxError, Service};
+use crate::app::{BoxError, Roles, Service};
 use crate::config::Config;
 use crate::{storage, telemetry};
 
@@ -19,7 +19,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Migrate, declare the topology, and serve HTTP in one process.
+    /// Migrate, declare the topology, serve HTTP and run the worker in one process.
     Run {
         /// Fill in development secrets; loopback addresses only.
         #[arg(long)]
@@ -31,6 +31,8 @@ pub enum Command {
         #[arg(long)]
         dev: bool,
     },
+    /// The worker alone: applies webhooks from the queue and records dead letters.
+    Worker,
     /// Create the database if missing and apply the migrations.
     Migrate,
 }
@@ -40,13 +42,14 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
     telemetry::init(config.log_format);
     match cli.command {
         Command::Migrate => migrate(&config).await,
-        Command::Serve { dev } => serve(&config, dev).await,
+        Command::Serve { dev } => start(&config, dev, true, false).await,
+        Command::Worker => start(&config, false, false, true).await,
         Command::Run { dev } => {
             if dev {
                 config.check_dev_loopback()?;
             }
             migrate(&config).await?;
-            serve(&config, dev).await
+            start(&config, dev, true, true).await
         }
     }
 }
@@ -57,10 +60,18 @@ async fn migrate(config: &Config) -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn serve(config: &Config, dev: bool) -> Result<(), BoxError> {
-    let listener = TcpListener::bind(config.http_addr)
-        .map_err(|e| format!("cannot listen on KYC_HTTP_ADDR {}: {e}", config.http_addr))?;
-    Service::start_http(config, dev, listener)?
+async fn start(config: &Config, dev: bool, http: bool, worker: bool) -> Result<(), BoxError> {
+    if dev {
+        config.check_dev_loopback()?;
+    }
+    let http = match http {
+        true => Some(
+            TcpListener::bind(config.http_addr)
+                .map_err(|e| format!("cannot listen on KYC_HTTP_ADDR {}: {e}", config.http_addr))?,
+        ),
+        false => None,
+    };
+    Service::start(config, dev, Roles { http, worker })?
         .run_until_signal()
         .await
 }

@@ -8,11 +8,14 @@ use std::time::Duration;
 use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::crypto::Cipher;
+use crate::state_machine::Policy;
 use crate::veriff::signature::{Integration, IntegrationKeys, Integrations};
 
 /// Development stand-ins for `--dev`: public by design, refused off loopback.
 const DEV_API_KEY: &str = "dev-veriff-api-key";
 const DEV_SHARED_SECRET: &str = "dev-veriff-shared-secret";
+const DEV_ARCHIVE_KEY: &str = "ZGV2LWFyY2hpdmUta2V5LW5vdC1mb3ItcHJvZHVjdGk=";
 
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -108,6 +111,23 @@ pub struct Config {
     #[arg(long, env = "KYC_BLOCKING_REASON_CODES", default_value = "105-113,127,503,504,505,507,515,526", global = true, value_parser = parse_codes)]
     pub blocking_reason_codes: ReasonCodes,
 
+    /// Key for raw webhook bodies at rest: base64 of 32 bytes (AES-256-GCM).
+    #[arg(
+        long,
+        env = "KYC_ARCHIVE_ENCRYPTION_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub archive_encryption_key: Option<SecretString>,
+
+    /// How long raw webhook bodies are kept (their non-personal facts are kept for good).
+    #[arg(long, env = "KYC_ARCHIVE_RETENTION", default_value = "30d", global = true, value_parser = parse_duration)]
+    pub archive_retention: Duration,
+
+    /// Messages the worker applies at once (its prefetch is twice this).
+    #[arg(long, env = "KYC_WORKER_CONCURRENCY", default_value_t = 32, global = true, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub worker_concurrency: u16,
+
     /// Log format: `json` or `pretty`.
     #[arg(
         long,
@@ -170,6 +190,24 @@ impl Config {
             IntegrationKeys::new(Integration::Eu, eu_key, eu_secrets),
             us,
         ))
+    }
+
+    pub fn archive_cipher(&self, dev: bool) -> Result<Cipher, ConfigError> {
+        const NAME: &str = "KYC_ARCHIVE_ENCRYPTION_KEY";
+        let key = match (&self.archive_encryption_key, dev) {
+            (Some(key), _) => key.expose_secret().to_owned(),
+            (None, true) => DEV_ARCHIVE_KEY.to_owned(),
+            (None, false) => return Err(ConfigError::Missing(NAME)),
+        };
+        Cipher::from_base64(&key)
+            .map_err(|_| ConfigError::Malformed(NAME, "expected base64 of 32 bytes"))
+    }
+
+    pub fn policy(&self) -> Policy {
+        Policy {
+            max_attempts: self.max_verification_attempts,
+            blocking_reason_codes: self.blocking_reason_codes.0.clone(),
+        }
     }
 
     /// `--dev` runs with public development secrets, so it must never reach anything real.

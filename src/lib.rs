@@ -4,6 +4,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod error;
 pub mod http;
 pub mod metrics;
@@ -12,3 +13,4 @@ pub mod state_machine;
 pub mod storage;
 pub mod telemetry;
 pub mod veriff;
+pub mod worker;

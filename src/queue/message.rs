@@ -51,11 +51,7 @@ impl Envelope {
             webhook.integration().as_str(),
         );
         put(&mut headers, HEADER_KIND, webhook.kind().as_str());
-        put(
-            &mut headers,
-            HEADER_RECEIVED_AT,
-            &received_at.to_rfc3339_opts(SecondsFormat::Micros, true),
-        );
+        put(&mut headers, HEADER_RECEIVED_AT, &rfc3339(received_at));
         Self {
             exchange,
             routing_key: routing_key.to_owned(),
@@ -85,5 +81,73 @@ pub fn header_str<'a>(headers: &'a FieldTable, name: &str) -> Option<&'a str> {
         AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
         AMQPValue::ShortString(s) => Some(s.as_str()),
         _ => None,
+    }
+}
+
+/// Failures so far (retry tiers and dead letters).
+pub const HEADER_ATTEMPTS: &str = "kyc-attempts";
+pub const HEADER_FIRST_FAILURE: &str = "kyc-first-failure";
+pub const HEADER_LAST_FAILURE: &str = "kyc-last-failure";
+pub const HEADER_DEAD_REASON: &str = "kyc-dead-reason";
+pub const HEADER_DEAD_LETTER_ID: &str = "kyc-dead-letter-id";
+
+/// An integer header, whichever AMQP integer type the sender used.
+pub fn header_i64(headers: &FieldTable, name: &str) -> Option<i64> {
+    int_value(headers.inner().get(name)?)
+}
+
+fn int_value(value: &AMQPValue) -> Option<i64> {
+    match value {
+        AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongLongInt(n) => Some(*n),
+        _ => None,
+    }
+}
+
+/// A header holding an RFC 3339 time.
+pub fn header_time(headers: &FieldTable, name: &str) -> Option<DateTime<Utc>> {
+    let text = header_str(headers, name)?;
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Headers as JSON, for the dead-letter table (and back, for a replay).
+pub fn headers_to_json(headers: &FieldTable) -> serde_json::Value {
+    serde_json::Value::Object(
+        headers
+            .inner()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), value_to_json(v)))
+            .collect(),
+    )
+}
+
+fn value_to_json(value: &AMQPValue) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        AMQPValue::Boolean(b) => J::Bool(*b),
+        AMQPValue::ShortString(s) => J::String(s.as_str().to_owned()),
+        AMQPValue::LongString(s) => J::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::Timestamp(t) => J::from(*t),
+        AMQPValue::Float(f) => J::from(f64::from(*f)),
+        AMQPValue::Double(f) => J::from(*f),
+        AMQPValue::FieldArray(items) => {
+            J::Array(items.as_slice().iter().map(value_to_json).collect())
+        }
+        AMQPValue::FieldTable(table) => headers_to_json(table),
+        AMQPValue::ByteArray(bytes) => J::String(hex::encode(bytes.as_slice())),
+        AMQPValue::DecimalValue(d) => J::String(format!("{d:?}")),
+        AMQPValue::Void => J::Null,
+        other => int_value(other).map_or(J::Null, J::from),
     }
 }

@@ -14,11 +14,18 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "contract_tables",
-    sql: include_str!("../../migrations/0001_contract_tables.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "contract_tables",
+        sql: include_str!("../../migrations/0001_contract_tables.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "inputs_sessions_dead_letters",
+        sql: include_str!("../../migrations/0002_inputs_sessions_dead_letters.sql"),
+    },
+];
 
 /// An arbitrary constant shared by every kyc process: the advisory lock's key.
 const LOCK_KEY: i64 = 0x006b_7963_5f6d_6967;

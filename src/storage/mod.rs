@@ -1,6 +1,7 @@
 //! PostgreSQL: the connection pool and the migrations.
 
 pub mod migrate;
+pub mod verifications;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -4,13 +4,14 @@
 pub mod amqp;
 pub mod db;
 pub mod proxy;
+pub mod seed;
 
 use std::future::Future;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use kyc::app::Service;
+use kyc::app::{Roles, Service};
 use kyc::config::Config;
 
 pub use amqp::QueuePeek;
@@ -60,40 +61,116 @@ pub fn unique_prefix() -> String {
     format!("kyctest-{}", uuid::Uuid::new_v4().simple())
 }
 
-/// A running `kyc serve` on port 0, with a queue prefix of its own.
+pub const ARCHIVE_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// A running kyc on port 0 with a queue prefix (and, with the worker, a database) of its own.
 pub struct TestApp {
     pub base_url: String,
     pub config: Config,
     pub http: reqwest::Client,
+    pub db: Option<TestDb>,
     service: Option<Service>,
 }
 
+/// What a test starts: the HTTP side, the worker, or both; where the broker is; extra flags.
+#[derive(Clone, Copy)]
+pub struct Spawn<'a> {
+    pub http: bool,
+    pub worker: bool,
+    pub amqp_url: &'a str,
+    pub args: &'a [&'a str],
+}
+
+impl Default for Spawn<'_> {
+    fn default() -> Self {
+        Self {
+            http: true,
+            worker: false,
+            amqp_url: AMQP_URL,
+            args: &[],
+        }
+    }
+}
+
 impl TestApp {
-    /// Serves with the broker reached at `amqp_url` (a proxy in fault tests).
-    pub async fn serve_via(amqp_url: &str) -> Self {
+    pub async fn start(spawn: Spawn<'_>) -> Self {
         kyc::telemetry::init(kyc::config::LogFormat::Pretty);
-        let prefix = unique_prefix();
-        let config = test_config(
-            &prefix,
-            amqp_url,
-            "postgres://postgres@127.0.0.1:5432/unused",
-            &[],
+        let db = match spawn.worker {
+            true => Some(TestDb::create().await),
+            false => None,
+        };
+        let database_url = db.as_ref().map_or(
+            "postgres://postgres@127.0.0.1:5432/unused".to_owned(),
+            |d| d.url.clone(),
         );
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-        let service = Service::start_http(&config, false, listener).expect("service starts");
-        let addr = service.http_addr().expect("serves HTTP");
+        let mut args = vec!["--archive-encryption-key", ARCHIVE_KEY];
+        args.extend_from_slice(spawn.args);
+        Self::start_with(
+            spawn,
+            test_config(&unique_prefix(), spawn.amqp_url, &database_url, &args),
+            db,
+        )
+        .await
+    }
+
+    /// Starts another process of the same deployment (same database and queues).
+    pub async fn start_with(spawn: Spawn<'_>, config: Config, db: Option<TestDb>) -> Self {
+        let http = spawn
+            .http
+            .then(|| TcpListener::bind("127.0.0.1:0").expect("bind port 0"));
+        let roles = Roles {
+            http,
+            worker: spawn.worker,
+        };
+        let service = Service::start(&config, false, roles).expect("service starts");
+        let base_url = service
+            .http_addr()
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default();
         let app = Self {
-            base_url: format!("http://{addr}"),
+            base_url,
             config,
             http: reqwest::Client::new(),
+            db,
             service: Some(service),
         };
-        app.wait_ready().await;
+        if spawn.http {
+            app.wait_ready().await;
+        }
         app
     }
 
+    /// Serves with the broker reached at `amqp_url` (a proxy in fault tests).
+    pub async fn serve_via(amqp_url: &str) -> Self {
+        Self::start(Spawn {
+            amqp_url,
+            ..Spawn::default()
+        })
+        .await
+    }
+
     pub async fn serve() -> Self {
-        Self::serve_via(AMQP_URL).await
+        Self::start(Spawn::default()).await
+    }
+
+    /// HTTP and the worker, like `kyc run`.
+    pub async fn run() -> Self {
+        Self::start(Spawn {
+            worker: true,
+            ..Spawn::default()
+        })
+        .await
+    }
+
+    pub fn db(&self) -> &TestDb {
+        self.db.as_ref().expect("this app has a database")
+    }
+
+    /// Stops the service (gracefully) but keeps its database and queues for inspection.
+    pub async fn stop(&mut self) {
+        if let Some(service) = self.service.take() {
+            service.shutdown().await;
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

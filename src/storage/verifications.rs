@@ -1,0 +1,274 @@
+//! The verification aggregate in PostgreSQL: sessions, recorded inputs, and the row that is
+//! recomputed from them. Every writer holds the verification's row lock (`lock`) for the
+//! whole transaction, so concurrent inputs cannot lose an update.
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Transaction;
+use uuid::Uuid;
+
+use crate::state_machine::{
+    self, Decision, DecisionStatus, Event, EventAction, Input, Observation, Policy, Row,
+};
+use crate::veriff::signature::Integration;
+
+/// The kinds of recorded input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    SessionCreated,
+    Decision,
+    Event,
+}
+
+impl InputKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputKind::SessionCreated => "session_created",
+            InputKind::Decision => "decision",
+            InputKind::Event => "event",
+        }
+    }
+}
+
+/// An input about to be recorded: its non-personal facts, and the encrypted raw body.
+#[derive(Debug, Clone)]
+pub struct NewInput {
+    pub dedup_key: String,
+    pub kind: InputKind,
+    pub session_id: String,
+    pub attempt_id: Option<String>,
+    /// Decision status or event action, as Veriff sent it.
+    pub status: Option<String>,
+    pub decision_time: Option<DateTime<Utc>>,
+    pub reason_code: Option<i32>,
+    pub reason: Option<String>,
+    pub source: &'static str,
+    pub integration: Option<Integration>,
+    pub signature: Option<String>,
+    pub body_ciphertext: Option<Vec<u8>>,
+    pub received_at: Option<DateTime<Utc>>,
+}
+
+/// A locked verification.
+#[derive(Debug, Clone)]
+pub struct Locked {
+    pub id: Uuid,
+    pub region: String,
+    row: (String, String, Option<i32>, Option<String>),
+}
+
+/// The verification a session belongs to, if kyc knows the session.
+pub async fn session_owner(
+    tx: &Transaction<'_>,
+    session_id: &str,
+) -> Result<Option<Uuid>, tokio_postgres::Error> {
+    let row = tx
+        .query_opt(
+            "SELECT verification_id FROM sessions WHERE id = $1",
+            &[&session_id],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Takes the verification's row lock for the rest of the transaction.
+pub async fn lock(tx: &Transaction<'_>, id: Uuid) -> Result<Option<Locked>, tokio_postgres::Error> {
+    let row = tx
+        .query_opt(
+            "SELECT region, state, retry, reason_code, reason FROM verifications WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?;
+    Ok(row.map(|r| Locked {
+        id,
+        region: r.get(0),
+        row: (r.get(1), r.get(2), r.get(3), r.get(4)),
+    }))
+}
+
+/// Creates a fresh verification row (UNVERIFIED / NONE).
+pub async fn create(
+    tx: &Transaction<'_>,
+    onboarding_id: Option<Uuid>,
+    user_id: Option<&str>,
+    region: Integration,
+) -> Result<Uuid, tokio_postgres::Error> {
+    let id = Uuid::new_v4();
+    tx.execute(
+        "INSERT INTO verifications (id, onboarding_id, user_id, region, state, retry)
+         VALUES ($1, $2, $3, $4, 'UNVERIFIED', 'NONE')",
+        &[&id, &onboarding_id, &user_id, &region.as_str()],
+    )
+    .await?;
+    Ok(id)
+}
+
+/// Records a session of a locked verification together with its `session_created` input.
+pub async fn record_session(
+    tx: &Transaction<'_>,
+    verification: &Locked,
+    session_id: &str,
+    source: &'static str,
+    url_ciphertext: Option<&[u8]>,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "INSERT INTO sessions (id, verification_id, url_ciphertext, expires_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (id) DO NOTHING",
+        &[&session_id, &verification.id, &url_ciphertext, &expires_at],
+    )
+    .await?;
+    let input = NewInput {
+        dedup_key: crate::veriff::dedup::session_created_key(session_id),
+        kind: InputKind::SessionCreated,
+        session_id: session_id.to_owned(),
+        attempt_id: None,
+        status: None,
+        decision_time: None,
+        reason_code: None,
+        reason: None,
+        source,
+        integration: None,
+        signature: None,
+        body_ciphertext: None,
+        received_at: None,
+    };
+    record_input(tx, verification, &input).await?;
+    Ok(())
+}
+
+/// Records an input unless its dedup key is already recorded. Returns whether it was new.
+pub async fn record_input(
+    tx: &Transaction<'_>,
+    verification: &Locked,
+    input: &NewInput,
+) -> Result<bool, tokio_postgres::Error> {
+    let inserted = tx
+        .execute(
+            "INSERT INTO inputs (verification_id, dedup_key, kind, session_id, attempt_id, status,
+                 decision_time, reason_code, reason, source, integration, signature, body_ciphertext, received_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+             ON CONFLICT (dedup_key) DO NOTHING",
+            &[
+                &verification.id,
+                &input.dedup_key,
+                &input.kind.as_str(),
+                &input.session_id,
+                &input.attempt_id,
+                &input.status,
+                &input.decision_time,
+                &input.reason_code,
+                &input.reason,
+                &input.source,
+                &input.integration.map(Integration::as_str),
+                &input.signature,
+                &input.body_ciphertext,
+                &input.received_at,
+            ],
+        )
+        .await?;
+    Ok(inserted == 1)
+}
+
+/// Recomputes the row and the session statuses from the whole history; writes and announces
+/// the row only when it changed. Returns whether it changed.
+pub async fn recompute(
+    tx: &Transaction<'_>,
+    verification: &Locked,
+    policy: &Policy,
+) -> Result<bool, tokio_postgres::Error> {
+    let history = history(tx, verification.id).await?;
+    let row = state_machine::compute(&history, policy);
+    refresh_session_statuses(tx, verification.id, &history).await?;
+    let Row {
+        state,
+        retry,
+        reason_code,
+        reason,
+    } = row;
+    let next = (
+        state.as_str().to_owned(),
+        retry.as_str().to_owned(),
+        reason_code,
+        reason,
+    );
+    if next == verification.row {
+        return Ok(false);
+    }
+    tx.execute(
+        "UPDATE verifications SET state = $2, retry = $3, reason_code = $4, reason = $5, updated_at = now()
+         WHERE id = $1",
+        &[&verification.id, &next.0, &next.1, &next.2, &next.3],
+    )
+    .await?;
+    tx.execute(
+        "SELECT pg_notify('verification_state', $1)",
+        &[&verification.id.to_string()],
+    )
+    .await?;
+    Ok(true)
+}
+
+async fn refresh_session_statuses(
+    tx: &Transaction<'_>,
+    id: Uuid,
+    history: &[Input],
+) -> Result<(), tokio_postgres::Error> {
+    let sessions = tx
+        .query(
+            "SELECT id, status FROM sessions WHERE verification_id = $1",
+            &[&id],
+        )
+        .await?;
+    for session in sessions {
+        let (session_id, stored): (String, String) = (session.get(0), session.get(1));
+        if let Some(status) = state_machine::session_status(history, &session_id)
+            && status.as_str() != stored
+        {
+            tx.execute(
+                "UPDATE sessions SET status = $2 WHERE id = $1",
+                &[&session_id, &status.as_str()],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The verification's recorded inputs, in recording order, as the state machine reads them.
+pub async fn history(tx: &Transaction<'_>, id: Uuid) -> Result<Vec<Input>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "SELECT kind, session_id, attempt_id, status, decision_time, reason_code, reason
+             FROM inputs WHERE verification_id = $1 ORDER BY id",
+            &[&id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let kind: &str = r.get(0);
+            let session_id: String = r.get(1);
+            let attempt_id: Option<String> = r.get(2);
+            let status: Option<String> = r.get(3);
+            let observation = match kind {
+                "session_created" => return Some(Input::SessionCreated { session_id }),
+                "decision" => Observation::Decision(Decision {
+                    attempt_id,
+                    // Unknown statuses are dead-lettered, never recorded.
+                    status: DecisionStatus::parse(status.as_deref()?)?,
+                    decision_time: r.get(4),
+                    reason_code: r.get(5),
+                    reason: r.get(6),
+                }),
+                _ => Observation::Event(Event {
+                    attempt_id,
+                    action: EventAction::parse(status.as_deref().unwrap_or_default()),
+                }),
+            };
+            Some(Input::Observed {
+                session_id,
+                observation,
+            })
+        })
+        .collect())
+}
