@@ -45,19 +45,21 @@ impl Service {
         let mut tasks = JoinSet::new();
 
         if roles.worker {
-            let concurrency = usize::from(config.worker_concurrency);
+            let batches = usize::from(config.worker_concurrency);
             let worker = Arc::new(Worker {
-                pool: storage::pool(&config.database_url, concurrency + 4)?,
+                // One connection per batch, one for the recorder, one for housekeeping.
+                pool: storage::pool(&config.database_url, batches + 2)?,
                 broker: broker.clone(),
                 integrations: integrations.clone(),
                 archive: config.archive_cipher(dev)?,
                 policy: config.policy(),
                 metrics: Arc::clone(&metrics),
-                concurrency,
+                batches,
+                batch_size: usize::from(config.worker_batch),
                 archive_retention: config.archive_retention,
             });
             tasks.spawn(worker.run(stop.clone()));
-            tracing::info!(concurrency, "worker started");
+            tracing::info!(batches, batch_size = config.worker_batch, "worker started");
         }
 
         let (mut http_addr, mut server) = (None, None);

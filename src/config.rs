@@ -124,9 +124,13 @@ pub struct Config {
     #[arg(long, env = "KYC_ARCHIVE_RETENTION", default_value = "30d", global = true, value_parser = parse_duration)]
     pub archive_retention: Duration,
 
-    /// Messages the worker applies at once (its prefetch is twice this).
-    #[arg(long, env = "KYC_WORKER_CONCURRENCY", default_value_t = 32, global = true, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    /// Batches the worker applies at once, each in a transaction of its own.
+    #[arg(long, env = "KYC_WORKER_CONCURRENCY", default_value_t = 4, global = true, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub worker_concurrency: u16,
+
+    /// Most messages the worker applies in one transaction.
+    #[arg(long, env = "KYC_WORKER_BATCH", default_value_t = 64, global = true, value_parser = clap::value_parser!(u16).range(1..=500))]
+    pub worker_batch: u16,
 
     /// Log format: `json` or `pretty`.
     #[arg(

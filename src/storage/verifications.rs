@@ -2,8 +2,11 @@
 //! recomputed from them. Every writer holds the verification's row lock (`lock`) for the
 //! whole transaction, so concurrent inputs cannot lose an update.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
-use tokio_postgres::Transaction;
+use deadpool_postgres::Transaction;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::state_machine::{
@@ -56,33 +59,69 @@ pub struct Locked {
     row: (String, String, Option<i32>, Option<String>),
 }
 
-/// The verification a session belongs to, if kyc knows the session.
-pub async fn session_owner(
+/// Runs a statement prepared once per connection: most of the worker's round trips.
+async fn query(
     tx: &Transaction<'_>,
-    session_id: &str,
-) -> Result<Option<Uuid>, tokio_postgres::Error> {
-    let row = tx
-        .query_opt(
-            "SELECT verification_id FROM sessions WHERE id = $1",
-            &[&session_id],
-        )
-        .await?;
-    Ok(row.map(|r| r.get(0)))
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    let statement = tx.prepare_cached(sql).await?;
+    tx.query(&statement, params).await
+}
+
+async fn execute(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, tokio_postgres::Error> {
+    let statement = tx.prepare_cached(sql).await?;
+    tx.execute(&statement, params).await
+}
+
+/// The verifications the given sessions belong to, for the sessions kyc knows.
+pub async fn session_owners(
+    tx: &Transaction<'_>,
+    session_ids: &[&str],
+) -> Result<HashMap<String, Uuid>, tokio_postgres::Error> {
+    let rows = query(
+        tx,
+        "SELECT id, verification_id FROM sessions WHERE id = ANY($1)",
+        &[&session_ids],
+    )
+    .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Locks several verifications, always in id order so that concurrent batches cannot
+/// deadlock. Ids that name no verification are left out.
+pub async fn lock_many(
+    tx: &Transaction<'_>,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, Locked>, tokio_postgres::Error> {
+    let rows = query(
+        tx,
+        "SELECT id, region, state, retry, reason_code, reason FROM verifications
+         WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        &[&ids],
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let id: Uuid = r.get(0);
+            let locked = Locked {
+                id,
+                region: r.get(1),
+                row: (r.get(2), r.get(3), r.get(4), r.get(5)),
+            };
+            (id, locked)
+        })
+        .collect())
 }
 
 /// Takes the verification's row lock for the rest of the transaction.
 pub async fn lock(tx: &Transaction<'_>, id: Uuid) -> Result<Option<Locked>, tokio_postgres::Error> {
-    let row = tx
-        .query_opt(
-            "SELECT region, state, retry, reason_code, reason FROM verifications WHERE id = $1 FOR UPDATE",
-            &[&id],
-        )
-        .await?;
-    Ok(row.map(|r| Locked {
-        id,
-        region: r.get(0),
-        row: (r.get(1), r.get(2), r.get(3), r.get(4)),
-    }))
+    Ok(lock_many(tx, &[id]).await?.remove(&id))
 }
 
 /// Creates a fresh verification row (UNVERIFIED / NONE).
@@ -93,7 +132,8 @@ pub async fn create(
     region: Integration,
 ) -> Result<Uuid, tokio_postgres::Error> {
     let id = Uuid::new_v4();
-    tx.execute(
+    execute(
+        tx,
         "INSERT INTO verifications (id, onboarding_id, user_id, region, state, retry)
          VALUES ($1, $2, $3, $4, 'UNVERIFIED', 'NONE')",
         &[&id, &onboarding_id, &user_id, &region.as_str()],
@@ -111,7 +151,8 @@ pub async fn record_session(
     url_ciphertext: Option<&[u8]>,
     expires_at: Option<DateTime<Utc>>,
 ) -> Result<(), tokio_postgres::Error> {
-    tx.execute(
+    execute(
+        tx,
         "INSERT INTO sessions (id, verification_id, url_ciphertext, expires_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (id) DO NOTHING",
         &[&session_id, &verification.id, &url_ciphertext, &expires_at],
@@ -142,8 +183,8 @@ pub async fn record_input(
     verification: &Locked,
     input: &NewInput,
 ) -> Result<bool, tokio_postgres::Error> {
-    let inserted = tx
-        .execute(
+    let inserted = execute(
+            tx,
             "INSERT INTO inputs (verification_id, dedup_key, kind, session_id, attempt_id, status,
                  decision_time, reason_code, reason, source, integration, signature, body_ciphertext, received_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
@@ -178,7 +219,7 @@ pub async fn recompute(
 ) -> Result<bool, tokio_postgres::Error> {
     let history = history(tx, verification.id).await?;
     let row = state_machine::compute(&history, policy);
-    refresh_session_statuses(tx, verification.id, &history).await?;
+    refresh_session_statuses(tx, &history).await?;
     let Row {
         state,
         retry,
@@ -194,55 +235,53 @@ pub async fn recompute(
     if next == verification.row {
         return Ok(false);
     }
-    tx.execute(
-        "UPDATE verifications SET state = $2, retry = $3, reason_code = $4, reason = $5, updated_at = now()
-         WHERE id = $1",
+    execute(
+        tx,
+        "WITH changed AS (
+             UPDATE verifications SET state = $2, retry = $3, reason_code = $4, reason = $5, updated_at = now()
+             WHERE id = $1 RETURNING id
+         )
+         SELECT pg_notify('verification_state', id::text) FROM changed",
         &[&verification.id, &next.0, &next.1, &next.2, &next.3],
-    )
-    .await?;
-    tx.execute(
-        "SELECT pg_notify('verification_state', $1)",
-        &[&verification.id.to_string()],
     )
     .await?;
     Ok(true)
 }
 
+/// Keeps `sessions.status` (what the registration API reads to reuse a session) in step.
 async fn refresh_session_statuses(
     tx: &Transaction<'_>,
-    id: Uuid,
     history: &[Input],
 ) -> Result<(), tokio_postgres::Error> {
-    let sessions = tx
-        .query(
-            "SELECT id, status FROM sessions WHERE verification_id = $1",
-            &[&id],
-        )
-        .await?;
-    for session in sessions {
-        let (session_id, stored): (String, String) = (session.get(0), session.get(1));
-        if let Some(status) = state_machine::session_status(history, &session_id)
-            && status.as_str() != stored
-        {
-            tx.execute(
-                "UPDATE sessions SET status = $2 WHERE id = $1",
-                &[&session_id, &status.as_str()],
-            )
-            .await?;
-        }
-    }
+    let (ids, statuses): (Vec<&str>, Vec<&str>) = history
+        .iter()
+        .filter_map(|input| match input {
+            Input::SessionCreated { session_id } => {
+                state_machine::session_status(history, session_id)
+                    .map(|status| (session_id.as_str(), status.as_str()))
+            }
+            Input::Observed { .. } => None,
+        })
+        .unzip();
+    execute(
+        tx,
+        "UPDATE sessions s SET status = t.status FROM unnest($1::text[], $2::text[]) AS t(id, status)
+         WHERE s.id = t.id AND s.status <> t.status",
+        &[&ids, &statuses],
+    )
+    .await?;
     Ok(())
 }
 
 /// The verification's recorded inputs, in recording order, as the state machine reads them.
 pub async fn history(tx: &Transaction<'_>, id: Uuid) -> Result<Vec<Input>, tokio_postgres::Error> {
-    let rows = tx
-        .query(
-            "SELECT kind, session_id, attempt_id, status, decision_time, reason_code, reason
-             FROM inputs WHERE verification_id = $1 ORDER BY id",
-            &[&id],
-        )
-        .await?;
+    let rows = query(
+        tx,
+        "SELECT kind, session_id, attempt_id, status, decision_time, reason_code, reason
+         FROM inputs WHERE verification_id = $1 ORDER BY id",
+        &[&id],
+    )
+    .await?;
     Ok(rows
         .iter()
         .filter_map(|r| {

@@ -1,6 +1,8 @@
 //! Applying one webhook: verify it again, match it to its verification, record it and
 //! recompute the row, all in one transaction under the verification's lock.
 
+use std::collections::BTreeSet;
+
 use chrono::{DateTime, Utc};
 use lapin::types::FieldTable;
 use tokio_postgres::error::SqlState;
@@ -19,11 +21,8 @@ use crate::veriff::{Kind, dedup};
 /// What became of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Recorded now; `changed` says whether the row moved.
-    Applied {
-        changed: bool,
-        received_at: Option<DateTime<Utc>>,
-    },
+    /// Recorded now (and the row recomputed).
+    Applied { received_at: Option<DateTime<Utc>> },
     /// Already recorded; the row was recomputed all the same.
     Duplicate,
     /// May succeed later: through the retry tiers, then dead-lettered.
@@ -72,67 +71,97 @@ struct Checked {
 }
 
 impl Worker {
-    pub(super) async fn apply(
+    /// Applies a batch of messages in one transaction (one commit, so one WAL flush, for
+    /// all of them) and returns each message's outcome, in order. Each verification is
+    /// locked once, in id order, and its row recomputed once whatever the batch holds for it.
+    pub(super) async fn apply_batch(
         &self,
-        headers: &FieldTable,
-        body: &[u8],
-    ) -> Result<Outcome, ApplyError> {
-        let checked = match self.check(headers, body) {
-            Ok(checked) => checked,
-            Err(reason) => return Ok(Outcome::Dead(reason)),
-        };
-        let received_at = checked.input.received_at;
+        messages: &[(&FieldTable, &[u8])],
+    ) -> Result<Vec<Outcome>, ApplyError> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; messages.len()];
+        let mut checked = Vec::new();
+        for (i, (headers, body)) in messages.iter().enumerate() {
+            match self.check(headers, body) {
+                Ok(c) => checked.push((i, c)),
+                Err(reason) => outcomes[i] = Some(Outcome::Dead(reason)),
+            }
+        }
+        if !checked.is_empty() {
+            self.record_batch(&checked, &mut outcomes).await?;
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Retry(Reason::ApplyFailed)))
+            .collect())
+    }
+
+    async fn record_batch(
+        &self,
+        checked: &[(usize, Checked)],
+        outcomes: &mut [Option<Outcome>],
+    ) -> Result<(), ApplyError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-
-        let owner = match store::session_owner(&tx, &checked.facts.session_id).await? {
-            Some(owner) => Some(owner),
-            None => self.adoptable(&tx, &checked.facts).await?,
-        };
-        let Some(owner) = owner else {
-            return Ok(Outcome::Retry(Reason::UnknownSession));
-        };
-        let Some(verification) = store::lock(&tx, owner).await? else {
-            return Ok(Outcome::Retry(Reason::UnknownSession));
-        };
-        if verification.region != checked.integration.as_str() {
-            return Ok(Outcome::Dead(Reason::RegionMismatch));
-        }
-        // Checked again under the lock: two deliveries may race to adopt the same session.
-        if store::session_owner(&tx, &checked.facts.session_id)
-            .await?
-            .is_none()
-        {
-            store::record_session(
-                &tx,
-                &verification,
-                &checked.facts.session_id,
-                "adopted",
-                None,
-                None,
-            )
-            .await?;
-            tracing::info!(session = %checked.facts.session_id, verification = %owner, "adopted a session through vendorData");
-        }
-        let new = store::record_input(&tx, &verification, &checked.input).await?;
-        let changed = store::recompute(&tx, &verification, &self.policy).await?;
-        tx.commit().await?;
-        tracing::debug!(
-            kind = %checked.kind,
-            dedup_key = %checked.input.dedup_key,
-            session = %checked.facts.session_id,
-            new,
-            changed,
-            "webhook applied"
+        let session_ids: Vec<&str> = checked
+            .iter()
+            .map(|(_, c)| c.facts.session_id.as_str())
+            .collect();
+        let known = store::session_owners(&tx, &session_ids).await?;
+        let mut targets: Vec<Uuid> = known.values().copied().collect();
+        targets.extend(
+            checked
+                .iter()
+                .filter(|(_, c)| !known.contains_key(&c.facts.session_id))
+                .filter_map(|(_, c)| vendor_verification(&c.facts)),
         );
-        Ok(if new {
-            Outcome::Applied {
-                changed,
-                received_at,
-            }
+        targets.sort();
+        targets.dedup();
+        let locked = store::lock_many(&tx, &targets).await?;
+        // Read again under the locks: another batch may have adopted a session meanwhile.
+        let mut owners = if known.len() < session_ids.len() {
+            store::session_owners(&tx, &session_ids).await?
         } else {
-            Outcome::Duplicate
-        })
+            known
+        };
+
+        let mut touched: BTreeSet<Uuid> = BTreeSet::new();
+        for (i, c) in checked {
+            let session = &c.facts.session_id;
+            let owner = owners
+                .get(session)
+                .copied()
+                .or_else(|| vendor_verification(&c.facts));
+            let Some(verification) = owner.and_then(|id| locked.get(&id)) else {
+                outcomes[*i] = Some(Outcome::Retry(Reason::UnknownSession));
+                continue;
+            };
+            if verification.region != c.integration.as_str() {
+                outcomes[*i] = Some(Outcome::Dead(Reason::RegionMismatch));
+                continue;
+            }
+            if !owners.contains_key(session) {
+                store::record_session(&tx, verification, session, "adopted", None, None).await?;
+                owners.insert(session.clone(), verification.id);
+                tracing::info!(%session, verification = %verification.id, "adopted a session through vendorData");
+            }
+            let new = store::record_input(&tx, verification, &c.input).await?;
+            tracing::debug!(kind = %c.kind, dedup_key = %c.input.dedup_key, %session, new, "webhook recorded");
+            outcomes[*i] = Some(if new {
+                Outcome::Applied {
+                    received_at: c.input.received_at,
+                }
+            } else {
+                Outcome::Duplicate
+            });
+            touched.insert(verification.id);
+        }
+        for id in touched {
+            if let Some(verification) = locked.get(&id) {
+                store::recompute(&tx, verification, &self.policy).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The signature, the body's shape and its status: everything decidable without the database.
@@ -195,23 +224,13 @@ impl Worker {
             input,
         })
     }
+}
 
-    /// A verification named by the webhook's `vendorData` (kyc sets it to the verification id).
-    async fn adoptable(
-        &self,
-        tx: &tokio_postgres::Transaction<'_>,
-        facts: &Facts,
-    ) -> Result<Option<Uuid>, ApplyError> {
-        let Some(id) = facts
-            .vendor_data
-            .as_deref()
-            .and_then(|v| Uuid::parse_str(v).ok())
-        else {
-            return Ok(None);
-        };
-        let row = tx
-            .query_opt("SELECT id FROM verifications WHERE id = $1", &[&id])
-            .await?;
-        Ok(row.map(|r| r.get(0)))
-    }
+/// kyc sets `vendorData` to the verification's id: a webhook for a session kyc does not know
+/// yet (it may race the session's creation) can still find its verification.
+fn vendor_verification(facts: &Facts) -> Option<Uuid> {
+    facts
+        .vendor_data
+        .as_deref()
+        .and_then(|v| Uuid::parse_str(v).ok())
 }

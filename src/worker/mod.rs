@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -63,8 +63,10 @@ pub struct Worker {
     pub archive: Cipher,
     pub policy: Policy,
     pub metrics: Arc<Metrics>,
-    /// Messages applied at once; the prefetch is twice this.
-    pub concurrency: usize,
+    /// Batches applied at once, each in a transaction of its own.
+    pub batches: usize,
+    /// Most messages in one batch.
+    pub batch_size: usize,
     pub archive_retention: Duration,
 }
 
@@ -98,11 +100,8 @@ impl Worker {
         connection: &Connection,
         stop: &CancellationToken,
     ) -> lapin::Result<()> {
-        let channel = connection.create_channel().await?;
-        let prefetch = u16::try_from(self.concurrency * 2).unwrap_or(u16::MAX);
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
+        let prefetch = u16::try_from(self.batches * self.batch_size * 2).unwrap_or(u16::MAX);
+        let channel = open_channel(connection, prefetch).await?;
         let tag = format!("kyc-worker-{}", uuid::Uuid::new_v4().simple());
         let mut consumer = channel
             .basic_consume(
@@ -112,24 +111,48 @@ impl Worker {
                 FieldTable::default(),
             )
             .await?;
-        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let slots = Arc::new(Semaphore::new(self.batches));
         let in_flight = TaskTracker::new();
         let outcome = loop {
-            tokio::select! {
+            let first = tokio::select! {
                 () = stop.cancelled() => break Ok(()),
-                next = consumer.next() => match next {
-                    Some(Ok(delivery)) => {
-                        let worker = Arc::clone(self);
-                        let (slots, stop) = (Arc::clone(&slots), stop.clone());
-                        in_flight.spawn(async move { worker.handle(delivery, &slots, &stop).await });
-                    }
-                    Some(Err(error)) => break Err(error),
-                    None => break Err(lapin::ErrorKind::InvalidChannelState(
-                        lapin::ChannelState::Closed, "consumer".into()).into()),
+                next = consumer.next() => next,
+            };
+            let mut batch = Vec::with_capacity(self.batch_size);
+            let mut ended = None;
+            // Whatever else has already arrived joins the batch; nothing waits for more.
+            let mut next = Some(first);
+            while let Some(item) = next.take() {
+                match item {
+                    Some(Ok(delivery)) => batch.push(delivery),
+                    Some(Err(error)) => ended = Some(error),
+                    None => ended = Some(consumer_closed()),
+                }
+                if ended.is_none() && batch.len() < self.batch_size {
+                    next = consumer.next().now_or_never();
                 }
             }
+            if !batch.is_empty() {
+                // Waiting for a slot is the back-pressure: deliveries stay in the prefetch.
+                let slot = tokio::select! {
+                    slot = Arc::clone(&slots).acquire_owned() => slot.ok(),
+                    () = stop.cancelled() => None,
+                };
+                let Some(slot) = slot else {
+                    break Ok(()); // stopping: the unstarted batch returns to the queue
+                };
+                let worker = Arc::clone(self);
+                let stop = stop.clone();
+                in_flight.spawn(async move {
+                    worker.handle(batch, &stop).await;
+                    drop(slot);
+                });
+            }
+            if let Some(error) = ended {
+                break Err(error);
+            }
         };
-        // Stop taking messages, then let those being applied finish and ack.
+        // Stop taking messages, then let the batches being applied finish and ack.
         let _ = channel
             .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
             .await;
@@ -146,39 +169,74 @@ impl Worker {
         outcome
     }
 
-    /// Applies one delivery, holding it while the database is unreachable, and settles it.
-    async fn handle(&self, delivery: Delivery, slots: &Semaphore, stop: &CancellationToken) {
-        // Not started before shutdown: left unacked, so the broker hands it to another worker.
-        let _slot = tokio::select! {
-            slot = slots.acquire() => match slot { Ok(slot) => slot, Err(_) => return },
-            () = stop.cancelled() => return,
-        };
-        let headers = delivery.properties.headers().clone().unwrap_or_default();
-        let mut backoff = Duration::from_millis(100);
-        let outcome = loop {
-            match self.apply(&headers, &delivery.data).await {
-                Ok(outcome) => break outcome,
-                Err(apply::ApplyError::Statement(error)) => {
-                    tracing::warn!(%error, "applying a webhook failed");
-                    break Outcome::Retry(Reason::ApplyFailed);
+    /// Applies a batch, holding it while the database is unreachable, and settles each message.
+    async fn handle(&self, batch: Vec<Delivery>, stop: &CancellationToken) {
+        let headers: Vec<FieldTable> = batch
+            .iter()
+            .map(|d| d.properties.headers().clone().unwrap_or_default())
+            .collect();
+        let messages: Vec<(&FieldTable, &[u8])> = headers
+            .iter()
+            .zip(&batch)
+            .map(|(h, d)| (h, d.data.as_slice()))
+            .collect();
+        let outcomes = match self.apply_held(&messages, stop).await {
+            None => return, // stopping while the database is away: redelivered later
+            Some(Ok(outcomes)) => outcomes,
+            Some(Err(error)) => {
+                tracing::warn!(%error, size = batch.len(), "batch failed; applying its messages one by one");
+                let mut outcomes = Vec::with_capacity(messages.len());
+                for message in &messages {
+                    match self.apply_held(std::slice::from_ref(message), stop).await {
+                        None => return,
+                        Some(Ok(mut one)) => {
+                            outcomes.push(one.pop().unwrap_or(Outcome::Retry(Reason::ApplyFailed)))
+                        }
+                        Some(Err(error)) => {
+                            tracing::warn!(%error, "applying a webhook failed");
+                            outcomes.push(Outcome::Retry(Reason::ApplyFailed));
+                        }
+                    }
                 }
+                outcomes
+            }
+        };
+        let settles = batch
+            .iter()
+            .zip(&headers)
+            .zip(outcomes)
+            .map(|((delivery, headers), outcome)| self.settle(delivery, headers, outcome));
+        futures_util::future::join_all(settles).await;
+    }
+
+    /// Applies, waiting out database outages without burning any attempt. `None` when
+    /// stopped meanwhile; `Err` for a statement that failed.
+    async fn apply_held(
+        &self,
+        messages: &[(&FieldTable, &[u8])],
+        stop: &CancellationToken,
+    ) -> Option<Result<Vec<Outcome>, tokio_postgres::Error>> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.apply_batch(messages).await {
+                Ok(outcomes) => return Some(Ok(outcomes)),
+                Err(apply::ApplyError::Statement(error)) => return Some(Err(error)),
                 Err(apply::ApplyError::DatabaseUnavailable(error)) => {
                     self.count("db_unavailable", "");
-                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "database unavailable; holding the message");
+                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "database unavailable; holding the messages");
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
-                        () = stop.cancelled() => return,
+                        () = stop.cancelled() => return None,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
-        };
-        self.settle(&delivery, &headers, outcome).await;
+        }
     }
 
     async fn settle(&self, delivery: &Delivery, headers: &FieldTable, outcome: Outcome) {
         let forwarded = match &outcome {
-            Outcome::Applied { received_at, .. } => {
+            Outcome::Applied { received_at } => {
                 if let Some(received_at) = received_at {
                     let took = chrono::Utc::now() - *received_at;
                     self.metrics
@@ -216,7 +274,11 @@ impl Worker {
     }
 }
 
-/// A channel of its own for a consumer loop other than the main one.
+fn consumer_closed() -> lapin::Error {
+    lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Closed, "consumer").into()
+}
+
+/// A channel with a prefetch limit, for a consumer loop.
 async fn open_channel(connection: &Connection, prefetch: u16) -> lapin::Result<Channel> {
     let channel = connection.create_channel().await?;
     channel

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Worker, open_channel};
+use super::{Worker, consumer_closed, open_channel};
 use crate::queue::message::{
     HEADER_ATTEMPTS, HEADER_DEAD_LETTER_ID, HEADER_DEAD_REASON, HEADER_FIRST_FAILURE, HEADER_KIND,
     HEADER_LAST_FAILURE, header_i64, header_str, header_time, headers_to_json,
@@ -66,8 +66,7 @@ impl Worker {
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => self.record_one(&delivery, stop).await,
                     Some(Err(error)) => break Err(error),
-                    None => break Err(lapin::ErrorKind::InvalidChannelState(
-                        lapin::ChannelState::Closed, "recorder".into()).into()),
+                    None => break Err(consumer_closed()),
                 }
             }
         };
