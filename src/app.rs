@@ -9,11 +9,16 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, ClientKeys, RateLimiter, Registration};
 use crate::metrics::Metrics;
 use crate::queue::{Broker, Topology};
 use crate::storage;
+use crate::storage::notifications::Notifier;
+use crate::veriff::client::VeriffClient;
 use crate::worker::Worker;
+
+/// Connections for the registration API of one process.
+const HTTP_POOL_SIZE: usize = 16;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -65,10 +70,28 @@ impl Service {
         let (mut http_addr, mut server) = (None, None);
         if let Some(listener) = roles.http {
             let addr = listener.local_addr()?;
+            let registration = Registration {
+                pool: storage::pool(&config.database_url, HTTP_POOL_SIZE)?,
+                veriff: VeriffClient::new(
+                    integrations.clone(),
+                    &config.veriff_base_url,
+                    config
+                        .veriff_us_base_url
+                        .as_deref()
+                        .unwrap_or(&config.veriff_base_url),
+                    config.callback_url(dev)?,
+                )?,
+                urls: config.url_cipher(dev)?,
+                policy: config.policy(),
+                clients: ClientKeys::default(),
+                limiter: RateLimiter::new(config.client_rate_limit),
+                notifier: Notifier::start(config.database_url.clone(), stop.clone()),
+            };
             let state = AppState {
                 integrations,
                 broker,
                 metrics,
+                registration,
             };
             let running = http::server(state, listener)?;
             server = Some(running.handle());

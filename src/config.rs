@@ -16,6 +16,8 @@ use crate::veriff::signature::{Integration, IntegrationKeys, Integrations};
 const DEV_API_KEY: &str = "dev-veriff-api-key";
 const DEV_SHARED_SECRET: &str = "dev-veriff-shared-secret";
 const DEV_ARCHIVE_KEY: &str = "ZGV2LWFyY2hpdmUta2V5LW5vdC1mb3ItcHJvZHVjdGk=";
+const DEV_URL_KEY: &str = "ZGV2LXVybC1rZXktbm90LWZvci1wcm9kdWN0aW9uLi4=";
+const DEV_CALLBACK_URL: &str = "http://127.0.0.1:8080/dev/done";
 
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -98,6 +100,29 @@ pub struct Config {
         global = true
     )]
     pub veriff_us_shared_secrets: Option<SecretString>,
+
+    /// The app's HTTPS page the user's browser returns to after Veriff's flow.
+    #[arg(long, env = "KYC_VERIFF_CALLBACK_URL", global = true)]
+    pub veriff_callback_url: Option<String>,
+
+    /// Key for Veriff session URLs at rest: base64 of 32 bytes (AES-256-GCM).
+    #[arg(
+        long,
+        env = "KYC_URL_ENCRYPTION_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub url_encryption_key: Option<SecretString>,
+
+    /// Requests per second per client key and onboarding (0 turns the limit off); status
+    /// polls get ten times as many.
+    #[arg(
+        long,
+        env = "KYC_CLIENT_RATE_LIMIT",
+        default_value_t = 5,
+        global = true
+    )]
+    pub client_rate_limit: u32,
 
     /// Delays of the retry tiers, e.g. `5s,30s,2m,10m`.
     #[arg(long, env = "KYC_RETRY_DELAYS", default_value = "5s,30s,2m,10m", global = true, value_parser = parse_delays)]
@@ -197,14 +222,29 @@ impl Config {
     }
 
     pub fn archive_cipher(&self, dev: bool) -> Result<Cipher, ConfigError> {
-        const NAME: &str = "KYC_ARCHIVE_ENCRYPTION_KEY";
-        let key = match (&self.archive_encryption_key, dev) {
-            (Some(key), _) => key.expose_secret().to_owned(),
-            (None, true) => DEV_ARCHIVE_KEY.to_owned(),
-            (None, false) => return Err(ConfigError::Missing(NAME)),
-        };
-        Cipher::from_base64(&key)
-            .map_err(|_| ConfigError::Malformed(NAME, "expected base64 of 32 bytes"))
+        cipher(
+            &self.archive_encryption_key,
+            dev,
+            DEV_ARCHIVE_KEY,
+            "KYC_ARCHIVE_ENCRYPTION_KEY",
+        )
+    }
+
+    pub fn url_cipher(&self, dev: bool) -> Result<Cipher, ConfigError> {
+        cipher(
+            &self.url_encryption_key,
+            dev,
+            DEV_URL_KEY,
+            "KYC_URL_ENCRYPTION_KEY",
+        )
+    }
+
+    pub fn callback_url(&self, dev: bool) -> Result<String, ConfigError> {
+        match (&self.veriff_callback_url, dev) {
+            (Some(url), _) => Ok(url.clone()),
+            (None, true) => Ok(DEV_CALLBACK_URL.to_owned()),
+            (None, false) => Err(ConfigError::Missing("KYC_VERIFF_CALLBACK_URL")),
+        }
     }
 
     pub fn policy(&self) -> Policy {
@@ -230,6 +270,21 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn cipher(
+    key: &Option<SecretString>,
+    dev: bool,
+    dev_key: &str,
+    name: &'static str,
+) -> Result<Cipher, ConfigError> {
+    let key = match (key, dev) {
+        (Some(key), _) => key.expose_secret().to_owned(),
+        (None, true) => dev_key.to_owned(),
+        (None, false) => return Err(ConfigError::Missing(name)),
+    };
+    Cipher::from_base64(&key)
+        .map_err(|_| ConfigError::Malformed(name, "expected base64 of 32 bytes"))
 }
 
 fn split_secrets(

@@ -2,6 +2,7 @@
 //! `code`, rendered as an RFC 9457 problem document. Internal causes are logged, never sent.
 
 use actix_web::http::StatusCode;
+use actix_web::http::header::RETRY_AFTER;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
@@ -19,42 +20,86 @@ pub enum ApiError {
     NotReady(&'static str),
     #[error("no such resource")]
     NotFound,
-    #[error("the request body could not be read")]
-    BodyUnreadable,
+    #[error("{0}")]
+    InvalidRequest(&'static str),
+    #[error("x-client-key is missing, unknown or revoked")]
+    InvalidClientKey,
+    #[error("no such onboarding for this client, or it is already completed")]
+    OnboardingNotFound,
+    #[error("the onboarding has expired")]
+    OnboardingExpired,
+    #[error("the onboarding's phone number is not verified yet")]
+    PhoneNotVerified,
+    #[error("this client has no US environment")]
+    UsEnvNotAvailable,
+    #[error("verification is blocked: no further attempts are allowed")]
+    VerificationBlocked,
+    #[error("the verification is already VERIFIED")]
+    AlreadyVerified,
+    #[error("too many requests; retry after {retry_after} s")]
+    RateLimited { retry_after: u64 },
+    #[error("the identity provider is unavailable; retry later")]
+    ProviderUnavailable,
+    #[error("the database is unavailable; retry later")]
+    DatabaseUnavailable,
+}
+
+struct Entry {
+    status: u16,
+    code: &'static str,
+    title: &'static str,
 }
 
 impl ApiError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ApiError::InvalidSignature(_) => StatusCode::UNAUTHORIZED,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::BrokerUnavailable | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::BodyUnreadable => StatusCode::BAD_REQUEST,
+    fn entry(&self) -> Entry {
+        let (status, code, title) = match self {
+            ApiError::InvalidSignature(_) => (401, "INVALID_SIGNATURE", "Invalid signature"),
+            ApiError::PayloadTooLarge { .. } => (413, "PAYLOAD_TOO_LARGE", "Payload too large"),
+            ApiError::BrokerUnavailable => (503, "BROKER_UNAVAILABLE", "Broker unavailable"),
+            ApiError::NotReady(_) => (503, "NOT_READY", "Not ready"),
+            ApiError::NotFound => (404, "NOT_FOUND", "Not found"),
+            ApiError::InvalidRequest(_) => (400, "INVALID_REQUEST", "Invalid request"),
+            ApiError::InvalidClientKey => (498, "INVALID_CLIENT_KEY", "Invalid client key"),
+            ApiError::OnboardingNotFound => (404, "ONBOARDING_NOT_FOUND", "Onboarding not found"),
+            ApiError::OnboardingExpired => (400, "ONBOARDING_EXPIRED", "Onboarding expired"),
+            ApiError::PhoneNotVerified => (400, "PHONE_NOT_VERIFIED", "Phone not verified"),
+            ApiError::UsEnvNotAvailable => {
+                (400, "US_ENV_NOT_AVAILABLE", "US environment not available")
+            }
+            ApiError::VerificationBlocked => (403, "VERIFICATION_BLOCKED", "Verification blocked"),
+            ApiError::AlreadyVerified => (409, "ALREADY_VERIFIED", "Already verified"),
+            ApiError::RateLimited { .. } => (429, "RATE_LIMITED", "Too many requests"),
+            ApiError::ProviderUnavailable => (500, "PROVIDER_UNAVAILABLE", "Provider unavailable"),
+            ApiError::DatabaseUnavailable => (503, "DATABASE_UNAVAILABLE", "Database unavailable"),
+        };
+        Entry {
+            status,
+            code,
+            title,
         }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.entry().status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     /// The stable, machine-readable code clients branch on.
     pub fn code(&self) -> &'static str {
-        match self {
-            ApiError::InvalidSignature(_) => "INVALID_SIGNATURE",
-            ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
-            ApiError::BrokerUnavailable => "BROKER_UNAVAILABLE",
-            ApiError::NotReady(_) => "NOT_READY",
-            ApiError::NotFound => "NOT_FOUND",
-            ApiError::BodyUnreadable => "INVALID_REQUEST",
-        }
+        self.entry().code
     }
+}
 
-    pub fn title(&self) -> &'static str {
-        match self {
-            ApiError::InvalidSignature(_) => "Invalid signature",
-            ApiError::PayloadTooLarge { .. } => "Payload too large",
-            ApiError::BrokerUnavailable => "Broker unavailable",
-            ApiError::NotReady(_) => "Not ready",
-            ApiError::NotFound => "Not found",
-            ApiError::BodyUnreadable => "Invalid request",
-        }
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        tracing::warn!(%error, "database error");
+        ApiError::DatabaseUnavailable
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ApiError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        tracing::warn!(%error, "database pool error");
+        ApiError::DatabaseUnavailable
     }
 }
 
@@ -75,14 +120,19 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
+        let entry = self.entry();
         let detail = self.to_string();
-        HttpResponse::build(self.status())
+        let mut response = HttpResponse::build(self.status());
+        if let ApiError::RateLimited { retry_after } = self {
+            response.insert_header((RETRY_AFTER, retry_after.to_string()));
+        }
+        response
             .content_type("application/problem+json")
             .json(Problem {
                 kind: "about:blank",
-                title: self.title(),
-                status: self.status().as_u16(),
-                code: self.code(),
+                title: entry.title,
+                status: entry.status,
+                code: entry.code,
                 detail: &detail,
             })
     }

@@ -146,6 +146,22 @@ impl SessionStatus {
         }
     }
 
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Created,
+            Self::Started,
+            Self::Submitted,
+            Self::Review,
+            Self::ResubmissionRequested,
+            Self::Approved,
+            Self::Declined,
+            Self::Expired,
+            Self::Abandoned,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == s)
+    }
+
     /// Whether the session's URL may still be handed out (DESIGN.md section 4).
     pub fn is_usable_status(&self) -> bool {
         matches!(

@@ -46,6 +46,8 @@ impl Deployment {
             .env("KYC_VERIFF_API_KEY", API_KEY)
             .env("KYC_VERIFF_SHARED_SECRETS", SECRET)
             .env("KYC_ARCHIVE_ENCRYPTION_KEY", ARCHIVE_KEY)
+            .env("KYC_URL_ENCRYPTION_KEY", ARCHIVE_KEY)
+            .env("KYC_VERIFF_CALLBACK_URL", "https://app.example/verified")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()

@@ -1,17 +1,30 @@
 //! The HTTP side: routes, shared state and the server.
 
+mod clients;
 mod ops;
+mod registration;
+mod status;
 mod webhooks;
 
 use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::dev::Server;
+use actix_web::http::header::{CONTENT_LENGTH, HeaderMap};
 use actix_web::{App, HttpServer, web};
+use bytes::BytesMut;
+use deadpool_postgres::Pool;
+use futures_util::StreamExt;
 
+pub use clients::{ClientKeys, RateLimiter};
+
+use crate::crypto::Cipher;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::queue::Broker;
+use crate::state_machine::Policy;
+use crate::storage::notifications::Notifier;
+use crate::veriff::client::VeriffClient;
 use crate::veriff::signature::Integrations;
 
 /// Largest webhook body accepted (DESIGN.md section 3).
@@ -21,6 +34,19 @@ pub struct AppState {
     pub integrations: Integrations,
     pub broker: Broker,
     pub metrics: Arc<Metrics>,
+    pub registration: Registration,
+}
+
+/// What the registration API needs.
+pub struct Registration {
+    pub pool: Pool,
+    pub veriff: VeriffClient,
+    /// Seals session URLs (KYC_URL_ENCRYPTION_KEY).
+    pub urls: Cipher,
+    pub policy: Policy,
+    pub clients: ClientKeys,
+    pub limiter: RateLimiter,
+    pub notifier: Notifier,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -28,6 +54,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::scope("/webhooks/veriff")
             .route("/decision", web::post().to(webhooks::decision))
             .route("/event", web::post().to(webhooks::event)),
+    )
+    .route(
+        "/v1/auth/register/verification",
+        web::post().to(registration::create),
+    )
+    .route(
+        "/v1/auth/register/status",
+        web::get().to(status::onboarding_status),
     )
     .route("/healthz", web::get().to(ops::healthz))
     .route("/readyz", web::get().to(ops::readyz))
@@ -49,4 +83,30 @@ pub fn server(state: AppState, listener: TcpListener) -> std::io::Result<Server>
     .shutdown_timeout(10)
     .run();
     Ok(server)
+}
+
+/// Reads a body, refusing it as soon as it is known to exceed `limit`.
+pub(crate) async fn read_limited(
+    headers: &HeaderMap,
+    mut body: web::Payload,
+    limit: usize,
+) -> Result<BytesMut, ApiError> {
+    let too_large = ApiError::PayloadTooLarge { limit };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large);
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(4096).min(limit));
+    while let Some(chunk) = body.next().await {
+        let chunk =
+            chunk.map_err(|_| ApiError::InvalidRequest("the request body could not be read"))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
 }

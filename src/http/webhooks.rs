@@ -1,12 +1,10 @@
 //! Veriff's webhook receiver: bytes in, signature checked, published with a confirm, then 200.
 
-use actix_web::http::header::{CONTENT_LENGTH, HeaderMap};
+use actix_web::http::header::HeaderMap;
 use actix_web::{HttpRequest, HttpResponse, web};
-use bytes::BytesMut;
 use chrono::Utc;
-use futures_util::StreamExt;
 
-use super::{AppState, BODY_LIMIT};
+use super::{AppState, BODY_LIMIT, read_limited};
 use crate::error::ApiError;
 use crate::queue::Envelope;
 use crate::veriff::signature::{RawWebhook, SignatureHeaders};
@@ -41,11 +39,13 @@ async fn receive(
             .with_label_values(&[kind.as_str(), outcome])
             .inc();
     };
-    let body = read_limited(req.headers(), body).await.inspect_err(|e| {
-        if matches!(e, ApiError::PayloadTooLarge { .. }) {
-            count("too_large");
-        }
-    })?;
+    let body = read_limited(req.headers(), body, BODY_LIMIT)
+        .await
+        .inspect_err(|e| {
+            if matches!(e, ApiError::PayloadTooLarge { .. }) {
+                count("too_large");
+            }
+        })?;
     let raw = RawWebhook {
         kind,
         body: body.freeze(),
@@ -88,27 +88,6 @@ async fn receive(
             Err(ApiError::BrokerUnavailable)
         }
     }
-}
-
-/// Reads the body, refusing it as soon as it is known to exceed the limit.
-async fn read_limited(headers: &HeaderMap, mut body: web::Payload) -> Result<BytesMut, ApiError> {
-    let too_large = ApiError::PayloadTooLarge { limit: BODY_LIMIT };
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > BODY_LIMIT) {
-        return Err(too_large);
-    }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(4096));
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|_| ApiError::BodyUnreadable)?;
-        if buf.len() + chunk.len() > BODY_LIMIT {
-            return Err(too_large);
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf)
 }
 
 fn signature_headers(headers: &HeaderMap) -> SignatureHeaders {

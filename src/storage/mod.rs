@@ -1,6 +1,8 @@
 //! PostgreSQL: the connection pool and the migrations.
 
 pub mod migrate;
+pub mod notifications;
+pub mod registration;
 pub mod verifications;
 
 use std::str::FromStr;

@@ -78,6 +78,16 @@ async fn execute(
     tx.execute(&statement, params).await
 }
 
+impl Locked {
+    pub fn state(&self) -> &str {
+        &self.row.0
+    }
+
+    pub fn retry(&self) -> &str {
+        &self.row.1
+    }
+}
+
 /// The verifications the given sessions belong to, for the sessions kyc knows.
 pub async fn session_owners(
     tx: &Transaction<'_>,

@@ -1,5 +1,6 @@
 //! Veriff's wire format: webhook signatures, lenient payload parsing, and the dedup key.
 
+pub mod client;
 pub mod dedup;
 pub mod payload;
 pub mod signature;

@@ -1,0 +1,157 @@
+//! `POST /v1/auth/register/verification`: a Veriff session URL for an onboarding, reused while
+//! the current session is usable. Checks run in the contract's order: client key, body,
+//! onboarding, then the verification's state.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::clients::Limit;
+use super::{AppState, read_limited};
+use crate::error::ApiError;
+use crate::state_machine::SessionStatus;
+use crate::storage::registration::{self as reg, CurrentSession};
+use crate::storage::verifications as store;
+use crate::veriff::signature::Integration;
+
+/// Requests are tiny; anything bigger is not one of ours.
+const BODY_LIMIT: usize = 16 * 1024;
+/// A session this close to its end is not handed out again.
+const REUSE_MARGIN: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Request {
+    onboarding_id: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionAnswer {
+    pub url: String,
+    pub session_id: String,
+    pub expires_at: DateTime<Utc>,
+    pub reused: bool,
+}
+
+pub async fn create(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let api = &state.registration;
+    let key = req
+        .headers()
+        .get("x-client-key")
+        .and_then(|v| v.to_str().ok());
+    let client = api.clients.resolve(&api.pool, key).await?;
+
+    let body = read_limited(req.headers(), body, BODY_LIMIT).await?;
+    let request: Request = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::InvalidRequest("the body must be JSON like {\"onboardingId\": \"<uuid>\"}")
+    })?;
+    let onboarding_id = request
+        .onboarding_id
+        .as_deref()
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .ok_or(ApiError::InvalidRequest("onboardingId must be a UUID"))?;
+    api.limiter
+        .check(client.id, onboarding_id, Limit::Session)?;
+
+    let mut db = api.pool.get().await?;
+    let onboarding = reg::onboarding(&db, onboarding_id, client.id)
+        .await?
+        .filter(|o| !o.completed)
+        .ok_or(ApiError::OnboardingNotFound)?;
+    if onboarding.expires_at <= Utc::now() {
+        return Err(ApiError::OnboardingExpired);
+    }
+    if !onboarding.phone_verified {
+        return Err(ApiError::PhoneNotVerified);
+    }
+    let wants_us = req
+        .headers()
+        .get("x-us-env")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    if wants_us && !client.us_enabled {
+        return Err(ApiError::UsEnvNotAvailable);
+    }
+    let region = if wants_us {
+        Integration::Us
+    } else {
+        Integration::Eu
+    };
+
+    // The verification's lock is held across Veriff's call: a concurrent request waits and
+    // then reuses the session this one creates, so two calls never create two sessions.
+    let tx = db.transaction().await?;
+    let id =
+        reg::verification_of_onboarding(&tx, onboarding_id, onboarding.user_id.as_deref(), region)
+            .await?;
+    let verification = store::lock(&tx, id)
+        .await?
+        .ok_or(ApiError::DatabaseUnavailable)?;
+    match (verification.state(), verification.retry()) {
+        ("VERIFIED", _) => return Err(ApiError::AlreadyVerified),
+        (_, "BLOCKED") => return Err(ApiError::VerificationBlocked),
+        _ => {}
+    }
+    if let Some(reusable) = reg::current_session(&tx, id)
+        .await?
+        .and_then(|s| api.reusable(s))
+    {
+        tx.commit().await?;
+        return Ok(HttpResponse::Ok().json(reusable));
+    }
+
+    // The region of a verification is fixed by its first session.
+    let region = Integration::parse(&verification.region).unwrap_or(Integration::Eu);
+    let created = api
+        .veriff
+        .create_session(region, id, onboarding.user_id.as_deref())
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, verification = %id, "Veriff session creation failed");
+            ApiError::ProviderUnavailable
+        })?;
+    let sealed = api.urls.seal(created.url.expose_secret().as_bytes());
+    store::record_session(
+        &tx,
+        &verification,
+        &created.id,
+        "api",
+        Some(&sealed),
+        Some(created.expires_at),
+    )
+    .await?;
+    store::recompute(&tx, &verification, &api.policy).await?;
+    tx.commit().await?;
+    tracing::info!(verification = %id, session = %created.id, region = %region, "Veriff session created");
+    Ok(HttpResponse::Ok().json(SessionAnswer {
+        url: created.url.expose_secret().to_owned(),
+        session_id: created.id,
+        expires_at: created.expires_at,
+        reused: false,
+    }))
+}
+
+impl super::Registration {
+    /// The current session's answer, when it may be handed out again.
+    fn reusable(&self, session: CurrentSession) -> Option<SessionAnswer> {
+        let usable = SessionStatus::parse(&session.status).is_some_and(|s| s.is_usable_status());
+        let expires_at = session.expires_at?;
+        if !usable || expires_at - Utc::now() <= REUSE_MARGIN {
+            return None;
+        }
+        let url = self.urls.open(session.url_ciphertext.as_deref()?).ok()?;
+        Some(SessionAnswer {
+            url: String::from_utf8(url).ok()?,
+            session_id: session.id,
+            expires_at,
+            reused: true,
+        })
+    }
+}

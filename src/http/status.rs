@@ -1,0 +1,115 @@
+//! `GET /v1/auth/register/status`: the verification state, cheap to poll. The ETag is a hash
+//! of the body; `If-None-Match` with it is answered 304, and with `Prefer: wait=N` the answer
+//! waits (without holding a database connection) until the body changes or N seconds pass.
+
+use std::time::Duration;
+
+use actix_web::http::header::{CACHE_CONTROL, ETAG, IF_NONE_MATCH};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use super::AppState;
+use super::clients::Limit;
+use crate::error::ApiError;
+use crate::storage::notifications::Notice;
+use crate::storage::registration::{self as reg, Status};
+
+const MAX_WAIT: u64 = 30;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Query {
+    onboarding_id: Option<String>,
+}
+
+pub async fn onboarding_status(
+    req: HttpRequest,
+    query: web::Query<Query>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let api = &state.registration;
+    let key = req
+        .headers()
+        .get("x-client-key")
+        .and_then(|v| v.to_str().ok());
+    let client = api.clients.resolve(&api.pool, key).await?;
+    let onboarding = query
+        .onboarding_id
+        .as_deref()
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .ok_or(ApiError::InvalidRequest("onboardingId must be a UUID"))?;
+    api.limiter
+        .check(client.id, onboarding, Limit::StatusPoll)?;
+
+    // Subscribed before the first read, so no change can slip between read and wait.
+    let mut notices = api.notifier.subscribe();
+    let read = || async {
+        let db = api.pool.get().await?;
+        if reg::onboarding(&db, onboarding, client.id).await?.is_none() {
+            return Err(ApiError::OnboardingNotFound);
+        }
+        Ok::<_, ApiError>(reg::onboarding_status(&db, onboarding).await?)
+    };
+    let (mut verification, mut status) = read().await?;
+    let mut etag = etag_of(&status);
+    let presented = req
+        .headers()
+        .get(IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
+    if presented != Some(etag.as_str()) {
+        return Ok(answer(&status, &etag));
+    }
+    let Some(wait) = requested_wait(&req) else {
+        return Ok(not_modified(&etag));
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let notice = tokio::time::timeout_at(deadline, notices.recv()).await;
+        let relevant = match notice {
+            Err(_elapsed) => return Ok(not_modified(&etag)),
+            Ok(Ok(Notice::Changed(id))) => verification.is_none_or(|v| v == id),
+            Ok(Ok(Notice::Resync) | Err(RecvError::Lagged(_))) => true,
+            Ok(Err(RecvError::Closed)) => return Ok(not_modified(&etag)),
+        };
+        if relevant {
+            (verification, status) = read().await?;
+            let current = etag_of(&status);
+            if current != etag {
+                return Ok(answer(&status, &current));
+            }
+            etag = current;
+        }
+    }
+}
+
+/// `Prefer: wait=N`, capped at 30 seconds.
+fn requested_wait(req: &HttpRequest) -> Option<Duration> {
+    req.headers()
+        .get_all("prefer")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .find_map(|p| p.trim().strip_prefix("wait=")?.trim().parse::<u64>().ok())
+        .map(|n| Duration::from_secs(n.min(MAX_WAIT)))
+}
+
+fn etag_of(status: &Status) -> String {
+    let body = serde_json::to_vec(status).unwrap_or_default();
+    format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..16]))
+}
+
+fn answer(status: &Status, etag: &str) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((ETAG, etag.to_owned()))
+        .insert_header((CACHE_CONTROL, "no-cache"))
+        .json(status)
+}
+
+fn not_modified(etag: &str) -> HttpResponse {
+    HttpResponse::NotModified()
+        .insert_header((ETAG, etag.to_owned()))
+        .insert_header((CACHE_CONTROL, "no-cache"))
+        .finish()
+}

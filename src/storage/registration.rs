@@ -1,0 +1,167 @@
+//! What the registration API reads and writes: client keys, onboardings, the verification of
+//! an onboarding, its current session and its public status.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Transaction};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::veriff::signature::Integration;
+
+/// An API client (the registration backend's apps), found by the SHA-256 of its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiClient {
+    pub id: Uuid,
+    pub us_enabled: bool,
+}
+
+pub fn key_digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// The active (not revoked) client holding this key.
+pub async fn active_client(
+    db: &impl GenericClient,
+    digest: &[u8; 32],
+) -> Result<Option<ApiClient>, tokio_postgres::Error> {
+    let row = db
+        .query_opt(
+            "SELECT id, us_enabled FROM api_clients WHERE key_sha256 = $1 AND revoked_at IS NULL",
+            &[&digest.as_slice()],
+        )
+        .await?;
+    Ok(row.map(|r| ApiClient {
+        id: r.get(0),
+        us_enabled: r.get(1),
+    }))
+}
+
+#[derive(Debug, Clone)]
+pub struct Onboarding {
+    pub phone_verified: bool,
+    pub expires_at: DateTime<Utc>,
+    pub completed: bool,
+    pub user_id: Option<String>,
+}
+
+pub async fn onboarding(
+    db: &impl GenericClient,
+    id: Uuid,
+    client: Uuid,
+) -> Result<Option<Onboarding>, tokio_postgres::Error> {
+    let row = db
+        .query_opt(
+            "SELECT phone_verified_at IS NOT NULL, expires_at, completed_at IS NOT NULL, user_id
+             FROM onboardings WHERE id = $1 AND client_id = $2",
+            &[&id, &client],
+        )
+        .await?;
+    Ok(row.map(|r| Onboarding {
+        phone_verified: r.get(0),
+        expires_at: r.get(1),
+        completed: r.get(2),
+        user_id: r.get(3),
+    }))
+}
+
+/// The verification of an onboarding, created on first use with the region of its first session.
+pub async fn verification_of_onboarding(
+    tx: &Transaction<'_>,
+    onboarding: Uuid,
+    user_id: Option<&str>,
+    region: Integration,
+) -> Result<Uuid, tokio_postgres::Error> {
+    tx.execute(
+        "INSERT INTO verifications (id, onboarding_id, user_id, region, state, retry)
+         VALUES ($1, $2, $3, $4, 'UNVERIFIED', 'NONE') ON CONFLICT (onboarding_id) DO NOTHING",
+        &[&Uuid::new_v4(), &onboarding, &user_id, &region.as_str()],
+    )
+    .await?;
+    let row = tx
+        .query_one(
+            "SELECT id FROM verifications WHERE onboarding_id = $1",
+            &[&onboarding],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// The newest session of a verification: the current one.
+#[derive(Debug, Clone)]
+pub struct CurrentSession {
+    pub id: String,
+    pub status: String,
+    pub url_ciphertext: Option<Vec<u8>>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+pub async fn current_session(
+    tx: &Transaction<'_>,
+    verification: Uuid,
+) -> Result<Option<CurrentSession>, tokio_postgres::Error> {
+    let row = tx
+        .query_opt(
+            "SELECT s.id, s.status, s.url_ciphertext, s.expires_at FROM sessions s
+             JOIN inputs i ON i.session_id = s.id AND i.kind = 'session_created'
+             WHERE s.verification_id = $1 ORDER BY i.id DESC LIMIT 1",
+            &[&verification],
+        )
+        .await?;
+    Ok(row.map(|r| CurrentSession {
+        id: r.get(0),
+        status: r.get(1),
+        url_ciphertext: r.get(2),
+        expires_at: r.get(3),
+    }))
+}
+
+/// The public status of a verification, as the status endpoints report it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub state: String,
+    pub retry: String,
+    pub reason_code: Option<i32>,
+    pub reason: Option<String>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl Status {
+    /// An onboarding without a verification yet.
+    pub fn unverified() -> Self {
+        Self {
+            state: "UNVERIFIED".into(),
+            retry: "NONE".into(),
+            reason_code: None,
+            reason: None,
+            updated_at: None,
+        }
+    }
+}
+
+/// The status of an onboarding's verification, with the verification's id (for change
+/// notifications) when there is one.
+pub async fn onboarding_status(
+    db: &impl GenericClient,
+    onboarding: Uuid,
+) -> Result<(Option<Uuid>, Status), tokio_postgres::Error> {
+    let row = db
+        .query_opt(
+            "SELECT id, state, retry, reason_code, reason, updated_at FROM verifications WHERE onboarding_id = $1",
+            &[&onboarding],
+        )
+        .await?;
+    Ok(match row {
+        None => (None, Status::unverified()),
+        Some(r) => (
+            Some(r.get(0)),
+            Status {
+                state: r.get(1),
+                retry: r.get(2),
+                reason_code: r.get(3),
+                reason: r.get(4),
+                updated_at: Some(r.get(5)),
+            },
+        ),
+    })
+}
