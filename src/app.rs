@@ -80,6 +80,7 @@ impl Service {
                         .as_deref()
                         .unwrap_or(&config.veriff_base_url),
                     config.callback_url(dev)?,
+                    config.veriff_timeout,
                 )?,
                 urls: config.url_cipher(dev)?,
                 policy: config.policy(),

@@ -101,6 +101,10 @@ pub struct Config {
     )]
     pub veriff_us_shared_secrets: Option<SecretString>,
 
+    /// Longest wait for an answer from Veriff's API.
+    #[arg(long, env = "KYC_VERIFF_TIMEOUT", default_value = "10s", global = true, value_parser = parse_duration)]
+    pub veriff_timeout: Duration,
+
     /// The app's HTTPS page the user's browser returns to after Veriff's flow.
     #[arg(long, env = "KYC_VERIFF_CALLBACK_URL", global = true)]
     pub veriff_callback_url: Option<String>,

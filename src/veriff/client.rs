@@ -12,7 +12,6 @@ use uuid::Uuid;
 use super::signature::{Integration, Integrations, sign};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const TOTAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts when the connection itself cannot be made (nothing reached Veriff).
 const CONNECT_ATTEMPTS: usize = 3;
 /// Veriff sessions live for 7 days.
@@ -79,7 +78,7 @@ impl VeriffClient {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(TOTAL_TIMEOUT)
+            .timeout(timeout)
             .build()?;
         Ok(Self {
             http,
