@@ -73,6 +73,7 @@ impl VeriffClient {
         eu_base: &str,
         us_base: &str,
         callback_url: String,
+        timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
         // One process-wide TLS provider; a second install attempt is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
