@@ -35,6 +35,29 @@ pub enum Command {
     Worker,
     /// Create the database if missing and apply the migrations.
     Migrate,
+    /// Manage the apps' client keys.
+    #[command(subcommand)]
+    Clients(ClientsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientsCommand {
+    /// Create a client; its key is printed once and never stored.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// The client may use the US Veriff integration (`x-us-env: true`).
+        #[arg(long)]
+        us: bool,
+    },
+    /// List the clients.
+    List {
+        /// JSON lines for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a client: its key stops working within seconds.
+    Revoke { id: uuid::Uuid },
 }
 
 pub async fn run(cli: Cli) -> Result<(), BoxError> {
@@ -42,6 +65,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
     telemetry::init(config.log_format);
     match cli.command {
         Command::Migrate => migrate(&config).await,
+        Command::Clients(command) => clients(&config, command).await,
         Command::Serve { dev } => start(&config, dev, true, false).await,
         Command::Worker => start(&config, false, false, true).await,
         Command::Run { dev } => {
@@ -52,6 +76,57 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
             start(&config, dev, true, true).await
         }
     }
+}
+
+async fn clients(config: &Config, command: ClientsCommand) -> Result<(), BoxError> {
+    let pool = storage::pool(&config.database_url, 1)?;
+    let db = pool.get().await?;
+    match command {
+        ClientsCommand::Create { name, us } => {
+            let (id, key) = storage::clients::create(&db, &name, us).await?;
+            println!(
+                "client {id} created{}",
+                if us { " (US enabled)" } else { "" }
+            );
+            println!("key (shown once, store it now): {key}");
+        }
+        ClientsCommand::List { json } => {
+            let clients = storage::clients::list(&db).await?;
+            if json {
+                for client in clients {
+                    println!("{}", serde_json::to_string(&client)?);
+                }
+            } else {
+                println!(
+                    "{:<36}  {:<24}  {:<3}  {:<20}  REVOKED",
+                    "ID", "NAME", "US", "CREATED"
+                );
+                for c in clients {
+                    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                        t.map_or_else(
+                            || "-".to_owned(),
+                            |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
+                        )
+                    };
+                    println!(
+                        "{:<36}  {:<24}  {:<3}  {:<20}  {}",
+                        c.id,
+                        c.name.as_deref().unwrap_or("-"),
+                        if c.us_enabled { "yes" } else { "no" },
+                        time(c.created_at),
+                        time(c.revoked_at),
+                    );
+                }
+            }
+        }
+        ClientsCommand::Revoke { id } => {
+            if !storage::clients::revoke(&db, id).await? {
+                return Err(format!("no client {id}").into());
+            }
+            println!("client {id} revoked");
+        }
+    }
+    Ok(())
 }
 
 async fn migrate(config: &Config) -> Result<(), BoxError> {

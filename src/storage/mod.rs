@@ -1,5 +1,6 @@
 //! PostgreSQL: the connection pool and the migrations.
 
+pub mod clients;
 pub mod migrate;
 pub mod notifications;
 pub mod registration;
