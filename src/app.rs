@@ -15,6 +15,7 @@ use crate::queue::{Broker, Topology};
 use crate::storage;
 use crate::storage::notifications::Notifier;
 use crate::veriff::client::VeriffClient;
+use crate::veriff::signature::Integrations;
 use crate::worker::Worker;
 
 /// Connections for the registration API of one process.
@@ -62,6 +63,7 @@ impl Service {
                 batches,
                 batch_size: usize::from(config.worker_batch),
                 archive_retention: config.archive_retention,
+                veriff: Some(veriff_client(config, &integrations, None)?),
             });
             tasks.spawn(worker.run(stop.clone()));
             tracing::info!(batches, batch_size = config.worker_batch, "worker started");
@@ -79,7 +81,7 @@ impl Service {
                         .veriff_us_base_url
                         .as_deref()
                         .unwrap_or(&config.veriff_base_url),
-                    config.callback_url(dev)?,
+                    Some(config.callback_url(dev)?),
                     config.veriff_timeout,
                 )?,
                 urls: config.url_cipher(dev)?,
@@ -141,6 +143,23 @@ impl Service {
             }
         }
     }
+}
+
+fn veriff_client(
+    config: &Config,
+    integrations: &Integrations,
+    callback_url: Option<String>,
+) -> Result<VeriffClient, BoxError> {
+    Ok(VeriffClient::new(
+        integrations.clone(),
+        &config.veriff_base_url,
+        config
+            .veriff_us_base_url
+            .as_deref()
+            .unwrap_or(&config.veriff_base_url),
+        callback_url,
+        config.veriff_timeout,
+    )?)
 }
 
 async fn shutdown_signal() {

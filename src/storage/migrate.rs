@@ -25,6 +25,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "inputs_sessions_dead_letters",
         sql: include_str!("../../migrations/0002_inputs_sessions_dead_letters.sql"),
     },
+    Migration {
+        version: 3,
+        name: "session_reconciliation",
+        sql: include_str!("../../migrations/0003_session_reconciliation.sql"),
+    },
 ];
 
 /// An arbitrary constant shared by every kyc process: the advisory lock's key.

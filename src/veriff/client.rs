@@ -53,7 +53,8 @@ pub struct VeriffClient {
     integrations: Integrations,
     eu_base: String,
     us_base: String,
-    callback_url: String,
+    /// Only the registration API creates sessions; the worker's client has none.
+    callback_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -72,7 +73,7 @@ impl VeriffClient {
         integrations: Integrations,
         eu_base: &str,
         us_base: &str,
-        callback_url: String,
+        callback_url: Option<String>,
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
         // One process-wide TLS provider; a second install attempt is harmless.
@@ -109,9 +110,13 @@ impl VeriffClient {
             .integrations
             .get(integration)
             .ok_or(VeriffError::NotConfigured(integration))?;
+        let callback = self
+            .callback_url
+            .as_deref()
+            .ok_or(VeriffError::NotConfigured(integration))?;
         let mut body = serde_json::json!({
             "verification": {
-                "callback": self.callback_url,
+                "callback": callback,
                 "vendorData": verification.to_string(),
             }
         });

@@ -62,12 +62,20 @@ impl From<deadpool_postgres::PoolError> for ApplyError {
     }
 }
 
-/// A verified webhook's facts, ready to record.
-struct Checked {
-    kind: Kind,
-    integration: Integration,
-    facts: Facts,
-    input: NewInput,
+/// Where an input came from.
+pub(super) struct Source {
+    pub name: &'static str,
+    pub integration: Integration,
+    pub signature: Option<String>,
+    pub received_at: Option<DateTime<Utc>>,
+}
+
+/// A verified input's facts, ready to record.
+pub(super) struct Checked {
+    pub kind: Kind,
+    pub integration: Integration,
+    pub facts: Facts,
+    pub input: NewInput,
 }
 
 impl Worker {
@@ -95,7 +103,7 @@ impl Worker {
             .collect())
     }
 
-    async fn record_batch(
+    pub(super) async fn record_batch(
         &self,
         checked: &[(usize, Checked)],
         outcomes: &mut [Option<Outcome>],
@@ -164,6 +172,47 @@ impl Worker {
         Ok(())
     }
 
+    /// The recorded form of a body's facts; `UnknownStatus` for a decision status kyc does not know.
+    pub(super) fn input_from(
+        &self,
+        kind: Kind,
+        facts: &Facts,
+        body: &[u8],
+        source: Source,
+    ) -> Result<NewInput, Reason> {
+        let (input_kind, decision_time, reason_code, reason) = match &facts.what {
+            What::Decision {
+                status,
+                decision_time,
+                reason_code,
+                reason,
+            } => {
+                DecisionStatus::parse(status).ok_or(Reason::UnknownStatus)?;
+                let parsed = decision_time
+                    .as_deref()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&Utc));
+                (InputKind::Decision, parsed, *reason_code, reason.clone())
+            }
+            What::Event { .. } => (InputKind::Event, None, None, None),
+        };
+        Ok(NewInput {
+            dedup_key: dedup::dedup_key(kind, Some(facts), body),
+            kind: input_kind,
+            session_id: facts.session_id.clone(),
+            attempt_id: facts.attempt_id.clone(),
+            status: Some(facts.status_or_action().to_owned()),
+            decision_time,
+            reason_code,
+            reason,
+            source: source.name,
+            integration: Some(source.integration),
+            signature: source.signature,
+            body_ciphertext: Some(self.archive.seal(body)),
+            received_at: source.received_at,
+        })
+    }
+
     /// The signature, the body's shape and its status: everything decidable without the database.
     fn check(&self, headers: &FieldTable, body: &[u8]) -> Result<Checked, Reason> {
         let kind = header_str(headers, HEADER_KIND)
@@ -185,38 +234,13 @@ impl Worker {
             .verify_as(integration, raw)
             .map_err(|_| Reason::InvalidSignature)?;
         let facts = payload::parse(kind, body).ok_or(Reason::Unparseable)?;
-        let dedup_key = dedup::dedup_key(kind, Some(&facts), body);
-        let (input_kind, decision_time, reason_code, reason) = match &facts.what {
-            What::Decision {
-                status,
-                decision_time,
-                reason_code,
-                reason,
-            } => {
-                DecisionStatus::parse(status).ok_or(Reason::UnknownStatus)?;
-                let parsed = decision_time
-                    .as_deref()
-                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                    .map(|t| t.with_timezone(&Utc));
-                (InputKind::Decision, parsed, *reason_code, reason.clone())
-            }
-            What::Event { .. } => (InputKind::Event, None, None, None),
-        };
-        let input = NewInput {
-            dedup_key,
-            kind: input_kind,
-            session_id: facts.session_id.clone(),
-            attempt_id: facts.attempt_id.clone(),
-            status: Some(facts.status_or_action().to_owned()),
-            decision_time,
-            reason_code,
-            reason,
-            source: "webhook",
-            integration: Some(integration),
+        let source = Source {
+            name: "webhook",
+            integration,
             signature: Some(webhook.signature().to_owned()),
-            body_ciphertext: Some(self.archive.seal(body)),
             received_at: header_time(headers, HEADER_RECEIVED_AT),
         };
+        let input = self.input_from(kind, &facts, body, source)?;
         Ok(Checked {
             kind,
             integration,

@@ -1,4 +1,5 @@
-//! Periodic chores of the worker: queue depth gauges, and clearing raw bodies past retention.
+//! Periodic chores of the worker: queue depth gauges, reconciliation of sessions past their
+//! end, and clearing raw bodies past retention.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,11 +12,13 @@ use super::Worker;
 
 const DEPTH_EVERY: Duration = Duration::from_secs(5);
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
+const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 
 impl Worker {
     pub(super) async fn run_housekeeping(self: Arc<Self>, stop: CancellationToken) {
         let mut depth = tokio::time::interval(DEPTH_EVERY);
         let mut retention = tokio::time::interval(RETENTION_EVERY);
+        let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -24,6 +27,9 @@ impl Worker {
                     Ok(0) => {}
                     Ok(cleared) => tracing::info!(cleared, "raw bodies past retention cleared"),
                     Err(error) => tracing::warn!(%error, "clearing raw bodies past retention failed"),
+                },
+                _ = reconcile.tick() => if let Err(error) = self.reconcile_due().await {
+                    tracing::warn!(%error, "reconciliation failed");
                 },
             }
         }

@@ -5,6 +5,7 @@
 mod apply;
 mod forward;
 mod housekeeping;
+mod reconcile;
 mod recorder;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::crypto::Cipher;
 use crate::metrics::Metrics;
 use crate::queue::Broker;
 use crate::state_machine::Policy;
+use crate::veriff::client::VeriffClient;
 use crate::veriff::signature::Integrations;
 
 /// Why a message was retried or dead-lettered; the values are stable (CLI filters, metrics).
@@ -68,6 +70,8 @@ pub struct Worker {
     /// Most messages in one batch.
     pub batch_size: usize,
     pub archive_retention: Duration,
+    /// Veriff's API, for reconciliation (absent: no reconciliation).
+    pub veriff: Option<VeriffClient>,
 }
 
 impl Worker {

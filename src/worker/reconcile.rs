@@ -1,0 +1,80 @@
+//! Reconciliation: a session past its end with no final decision is asked about with Veriff's
+//! decision API, and the answer recorded as an input, so a lost webhook cannot leave a
+//! verification hanging.
+
+use chrono::Utc;
+
+use super::Worker;
+use super::apply::{Checked, Outcome, Source};
+use crate::veriff::signature::Integration;
+use crate::veriff::{Kind, payload};
+
+/// Sessions asked about in one round.
+const ROUND: i64 = 100;
+
+impl Worker {
+    /// Asks Veriff about the sessions that are due; returns how many answers were recorded.
+    pub async fn reconcile_due(&self) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+        let Some(veriff) = &self.veriff else {
+            return Ok(0);
+        };
+        let db = self.pool.get().await?;
+        // Claimed before asking, so a failing session is asked again only an hour later.
+        let due = db
+            .query(
+                "UPDATE sessions s SET reconciled_at = now() FROM verifications v
+                 WHERE s.id IN (
+                     SELECT id FROM sessions
+                     WHERE expires_at < now()
+                       AND status IN ('created', 'started', 'submitted', 'review', 'resubmission_requested')
+                       AND (reconciled_at IS NULL OR reconciled_at < now() - interval '1 hour')
+                     ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+                   AND v.id = s.verification_id
+                 RETURNING s.id, v.region",
+                &[&ROUND],
+            )
+            .await?;
+        drop(db);
+        let mut recorded = 0;
+        for row in due {
+            let (session, region): (String, String) = (row.get(0), row.get(1));
+            let integration = Integration::parse(&region).unwrap_or(Integration::Eu);
+            let body = match veriff.decision(integration, &session).await {
+                Ok(body) => body,
+                Err(error) => {
+                    tracing::warn!(%session, %error, "reconciliation: Veriff's decision API failed");
+                    continue;
+                }
+            };
+            // No decision yet (or an answer about another session): nothing to record.
+            let Some(facts) =
+                payload::parse(Kind::Decision, &body).filter(|f| f.session_id == session)
+            else {
+                continue;
+            };
+            let source = Source {
+                name: "reconciliation",
+                integration,
+                signature: None,
+                received_at: Some(Utc::now()),
+            };
+            let Ok(input) = self.input_from(Kind::Decision, &facts, &body, source) else {
+                tracing::warn!(%session, "reconciliation: Veriff answered a decision status kyc does not know");
+                continue;
+            };
+            let checked = Checked {
+                kind: Kind::Decision,
+                integration,
+                facts,
+                input,
+            };
+            let mut outcome = [None];
+            self.record_batch(&[(0, checked)], &mut outcome).await?;
+            if matches!(outcome[0], Some(Outcome::Applied { .. })) {
+                recorded += 1;
+                tracing::info!(%session, "reconciliation recorded Veriff's decision");
+            }
+        }
+        Ok(recorded)
+    }
+}
