@@ -15,7 +15,8 @@ use crate::queue::{Broker, Topology};
 use crate::storage;
 use crate::storage::notifications::Notifier;
 use crate::veriff::client::VeriffClient;
-use crate::veriff::signature::Integrations;
+use crate::veriff::signature::{Integration, Integrations};
+use crate::veriff::standin::StandIn;
 use crate::worker::Worker;
 
 /// Connections for the registration API of one process.
@@ -49,6 +50,26 @@ impl Service {
         let broker = Broker::start(config.amqp_url.clone(), topology(config), stop.clone());
         let metrics = Arc::new(Metrics::new());
         let mut tasks = JoinSet::new();
+        let http_addr = roles
+            .http
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
+        let own_addr = http_addr.unwrap_or(config.http_addr);
+        let veriff = |callback_url| {
+            let base = config.veriff_base_url(dev, own_addr);
+            let us_base = config
+                .veriff_us_base_url
+                .clone()
+                .unwrap_or_else(|| base.clone());
+            VeriffClient::new(
+                integrations.clone(),
+                &base,
+                &us_base,
+                callback_url,
+                config.veriff_timeout,
+            )
+        };
 
         if roles.worker {
             let batches = usize::from(config.worker_concurrency);
@@ -63,32 +84,26 @@ impl Service {
                 batches,
                 batch_size: usize::from(config.worker_batch),
                 archive_retention: config.archive_retention,
-                veriff: Some(veriff_client(config, &integrations, None)?),
+                veriff: Some(veriff(None)?),
             });
             tasks.spawn(worker.run(stop.clone()));
             tracing::info!(batches, batch_size = config.worker_batch, "worker started");
         }
 
-        let (mut http_addr, mut server) = (None, None);
+        let mut server = None;
         if let Some(listener) = roles.http {
-            let addr = listener.local_addr()?;
             let registration = Registration {
                 pool: storage::pool(&config.database_url, HTTP_POOL_SIZE)?,
-                veriff: VeriffClient::new(
-                    integrations.clone(),
-                    &config.veriff_base_url,
-                    config
-                        .veriff_us_base_url
-                        .as_deref()
-                        .unwrap_or(&config.veriff_base_url),
-                    Some(config.callback_url(dev)?),
-                    config.veriff_timeout,
-                )?,
+                veriff: veriff(Some(config.callback_url(dev, own_addr)?))?,
                 urls: config.url_cipher(dev)?,
                 policy: config.policy(),
                 clients: ClientKeys::default(),
                 limiter: RateLimiter::new(config.client_rate_limit),
                 notifier: Notifier::start(config.database_url.clone(), stop.clone()),
+            };
+            let standin = match dev {
+                true => Some(dev_standin(&integrations, own_addr)?),
+                false => None,
             };
             let state = AppState {
                 integrations,
@@ -96,11 +111,10 @@ impl Service {
                 metrics,
                 registration,
             };
-            let running = http::server(state, listener)?;
+            let running = http::server(state, standin, listener)?;
             server = Some(running.handle());
             tasks.spawn(async move { running.await.map_err(BoxError::from) });
-            tracing::info!(%addr, "serving HTTP");
-            http_addr = Some(addr);
+            tracing::info!(addr = %own_addr, "serving HTTP");
         }
         Ok(Self {
             http_addr,
@@ -145,21 +159,20 @@ impl Service {
     }
 }
 
-fn veriff_client(
-    config: &Config,
-    integrations: &Integrations,
-    callback_url: Option<String>,
-) -> Result<VeriffClient, BoxError> {
-    Ok(VeriffClient::new(
-        integrations.clone(),
-        &config.veriff_base_url,
-        config
-            .veriff_us_base_url
-            .as_deref()
-            .unwrap_or(&config.veriff_base_url),
-        callback_url,
-        config.veriff_timeout,
-    )?)
+/// The local Veriff stand-in of `--dev`, signing with the EU integration's development secret.
+fn dev_standin(integrations: &Integrations, addr: SocketAddr) -> Result<StandIn, BoxError> {
+    let eu = integrations
+        .get(Integration::Eu)
+        .ok_or("no EU integration")?;
+    let secret = eu.signing_secret().ok_or("no EU shared secret")?;
+    tracing::warn!(
+        "--dev: a local Veriff stand-in is mounted at /dev/veriff with public development secrets"
+    );
+    Ok(StandIn::new(
+        format!("http://{addr}"),
+        eu.api_key().clone(),
+        secret.clone(),
+    ))
 }
 
 async fn shutdown_signal() {

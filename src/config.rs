@@ -17,7 +17,7 @@ const DEV_API_KEY: &str = "dev-veriff-api-key";
 const DEV_SHARED_SECRET: &str = "dev-veriff-shared-secret";
 const DEV_ARCHIVE_KEY: &str = "ZGV2LWFyY2hpdmUta2V5LW5vdC1mb3ItcHJvZHVjdGk=";
 const DEV_URL_KEY: &str = "ZGV2LXVybC1rZXktbm90LWZvci1wcm9kdWN0aW9uLi4=";
-const DEV_CALLBACK_URL: &str = "http://127.0.0.1:8080/dev/done";
+const VERIFF_BASE_URL: &str = "https://stationapi.veriff.com";
 
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -243,11 +243,21 @@ impl Config {
         )
     }
 
-    pub fn callback_url(&self, dev: bool) -> Result<String, ConfigError> {
+    /// Under `--dev`, the stand-in's page that ends the flow.
+    pub fn callback_url(&self, dev: bool, http_addr: SocketAddr) -> Result<String, ConfigError> {
         match (&self.veriff_callback_url, dev) {
             (Some(url), _) => Ok(url.clone()),
-            (None, true) => Ok(DEV_CALLBACK_URL.to_owned()),
+            (None, true) => Ok(format!("http://{http_addr}/dev/done")),
             (None, false) => Err(ConfigError::Missing("KYC_VERIFF_CALLBACK_URL")),
+        }
+    }
+
+    /// Veriff's API; under `--dev`, unless pointed elsewhere on loopback, the local stand-in.
+    pub fn veriff_base_url(&self, dev: bool, http_addr: SocketAddr) -> String {
+        if dev && self.veriff_base_url == VERIFF_BASE_URL {
+            format!("http://{http_addr}/dev/veriff")
+        } else {
+            self.veriff_base_url.clone()
         }
     }
 
@@ -263,10 +273,17 @@ impl Config {
         if !self.http_addr.ip().is_loopback() {
             return Err(ConfigError::NotLoopback("KYC_HTTP_ADDR"));
         }
-        let urls = [
+        let mut urls = vec![
             ("KYC_DATABASE_URL", self.database_url.as_str()),
             ("KYC_AMQP_URL", self.amqp_url.as_str()),
         ];
+        // The default (Veriff itself) is replaced by the stand-in under --dev.
+        if self.veriff_base_url != VERIFF_BASE_URL {
+            urls.push(("KYC_VERIFF_BASE_URL", self.veriff_base_url.as_str()));
+        }
+        if let Some(us) = &self.veriff_us_base_url {
+            urls.push(("KYC_VERIFF_US_BASE_URL", us.as_str()));
+        }
         for (name, url) in urls {
             if !url_host_is_loopback(url) {
                 return Err(ConfigError::NotLoopback(name));

@@ -26,6 +26,7 @@ use crate::state_machine::Policy;
 use crate::storage::notifications::Notifier;
 use crate::veriff::client::VeriffClient;
 use crate::veriff::signature::Integrations;
+use crate::veriff::standin::StandIn;
 
 /// Largest webhook body accepted (DESIGN.md section 3).
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -69,13 +70,23 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// Binds the server to an already-open listener (port 0 in tests).
-pub fn server(state: AppState, listener: TcpListener) -> std::io::Result<Server> {
+/// `standin` mounts the local Veriff stand-in (`--dev` only).
+pub fn server(
+    state: AppState,
+    standin: Option<StandIn>,
+    listener: TcpListener,
+) -> std::io::Result<Server> {
     let state = web::Data::new(state);
+    let standin = standin.map(web::Data::new);
     let server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .configure(routes)
-            .default_service(web::to(|| async { Err::<&str, _>(ApiError::NotFound) }))
+        let app = App::new().app_data(state.clone()).configure(routes);
+        let app = match &standin {
+            Some(standin) => app
+                .app_data(standin.clone())
+                .configure(crate::veriff::standin::routes),
+            None => app,
+        };
+        app.default_service(web::to(|| async { Err::<&str, _>(ApiError::NotFound) }))
     })
     .listen(listener)?
     // Signals are the service's to handle, so that every role stops together.

@@ -4,6 +4,7 @@ pub mod client;
 pub mod dedup;
 pub mod payload;
 pub mod signature;
+pub mod standin;
 
 use std::fmt;
 
