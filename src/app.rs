@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::http::{self, AppState, ClientKeys, RateLimiter, Registration};
+use crate::http::{self, AppState, BearerAuth, ClientKeys, RateLimiter, Registration};
 use crate::metrics::Metrics;
 use crate::queue::{Broker, Topology};
 use crate::storage;
@@ -100,6 +100,7 @@ impl Service {
                 clients: ClientKeys::default(),
                 limiter: RateLimiter::new(config.client_rate_limit),
                 notifier: Notifier::start(config.database_url.clone(), stop.clone()),
+                bearer: BearerAuth::new(config.jwt(dev)?)?,
             };
             let standin = match dev {
                 true => Some(dev_standin(&integrations, own_addr)?),

@@ -17,6 +17,8 @@ const DEV_API_KEY: &str = "dev-veriff-api-key";
 const DEV_SHARED_SECRET: &str = "dev-veriff-shared-secret";
 const DEV_ARCHIVE_KEY: &str = "ZGV2LWFyY2hpdmUta2V5LW5vdC1mb3ItcHJvZHVjdGk=";
 const DEV_URL_KEY: &str = "ZGV2LXVybC1rZXktbm90LWZvci1wcm9kdWN0aW9uLi4=";
+const DEV_JWT_SECRET: &str = "dev-jwt-secret";
+const DEV_JWT_AUDIENCE: &str = "kyc-dev";
 const VERIFF_BASE_URL: &str = "https://stationapi.veriff.com";
 
 #[derive(Debug, Clone, Args)]
@@ -101,6 +103,22 @@ pub struct Config {
     )]
     pub veriff_us_shared_secrets: Option<SecretString>,
 
+    /// HS256 secret for bearer tokens (set this or KYC_JWT_PUBLIC_KEY_FILE).
+    #[arg(long, env = "KYC_JWT_SECRET", hide_env_values = true, global = true)]
+    pub jwt_secret: Option<SecretString>,
+
+    /// PEM file with the RS256 public key for bearer tokens (set this or KYC_JWT_SECRET).
+    #[arg(long, env = "KYC_JWT_PUBLIC_KEY_FILE", global = true)]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+
+    /// Required `iss` of bearer tokens, when set.
+    #[arg(long, env = "KYC_JWT_ISSUER", global = true)]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` of bearer tokens (mandatory outside --dev).
+    #[arg(long, env = "KYC_JWT_AUDIENCE", global = true)]
+    pub jwt_audience: Option<String>,
+
     /// Longest wait for an answer from Veriff's API.
     #[arg(long, env = "KYC_VERIFF_TIMEOUT", default_value = "10s", global = true, value_parser = parse_duration)]
     pub veriff_timeout: Duration,
@@ -172,6 +190,18 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// The one algorithm bearer tokens may use, and its key.
+pub enum JwtKey {
+    Hs256(SecretString),
+    Rs256Pem(Vec<u8>),
+}
+
+pub struct JwtSettings {
+    pub key: JwtKey,
+    pub audience: String,
+    pub issuer: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Json,
@@ -241,6 +271,38 @@ impl Config {
             DEV_URL_KEY,
             "KYC_URL_ENCRYPTION_KEY",
         )
+    }
+
+    /// How bearer tokens are verified: exactly one algorithm, with its key, audience and issuer.
+    pub fn jwt(&self, dev: bool) -> Result<JwtSettings, ConfigError> {
+        let key = match (&self.jwt_secret, &self.jwt_public_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Malformed(
+                    "KYC_JWT_SECRET",
+                    "set only one of KYC_JWT_SECRET and KYC_JWT_PUBLIC_KEY_FILE",
+                ));
+            }
+            (Some(secret), None) => JwtKey::Hs256(secret.clone()),
+            (None, Some(path)) => JwtKey::Rs256Pem(std::fs::read(path).map_err(|_| {
+                ConfigError::Malformed("KYC_JWT_PUBLIC_KEY_FILE", "cannot be read")
+            })?),
+            (None, None) if dev => JwtKey::Hs256(SecretString::from(DEV_JWT_SECRET)),
+            (None, None) => {
+                return Err(ConfigError::Missing(
+                    "KYC_JWT_SECRET or KYC_JWT_PUBLIC_KEY_FILE",
+                ));
+            }
+        };
+        let audience = match (&self.jwt_audience, dev) {
+            (Some(aud), _) => aud.clone(),
+            (None, true) => DEV_JWT_AUDIENCE.to_owned(),
+            (None, false) => return Err(ConfigError::Missing("KYC_JWT_AUDIENCE")),
+        };
+        Ok(JwtSettings {
+            key,
+            audience,
+            issuer: self.jwt_issuer.clone(),
+        })
     }
 
     /// Under `--dev`, the stand-in's page that ends the flow.

@@ -2,7 +2,7 @@
 //! `code`, rendered as an RFC 9457 problem document. Internal causes are logged, never sent.
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::RETRY_AFTER;
+use actix_web::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
@@ -42,6 +42,8 @@ pub enum ApiError {
     ProviderUnavailable,
     #[error("the database is unavailable; retry later")]
     DatabaseUnavailable,
+    #[error("{0}")]
+    Unauthorized(&'static str),
 }
 
 struct Entry {
@@ -71,6 +73,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => (429, "RATE_LIMITED", "Too many requests"),
             ApiError::ProviderUnavailable => (500, "PROVIDER_UNAVAILABLE", "Provider unavailable"),
             ApiError::DatabaseUnavailable => (503, "DATABASE_UNAVAILABLE", "Database unavailable"),
+            ApiError::Unauthorized(_) => (401, "UNAUTHORIZED", "Unauthorized"),
         };
         Entry {
             status,
@@ -123,8 +126,14 @@ impl ResponseError for ApiError {
         let entry = self.entry();
         let detail = self.to_string();
         let mut response = HttpResponse::build(self.status());
-        if let ApiError::RateLimited { retry_after } = self {
-            response.insert_header((RETRY_AFTER, retry_after.to_string()));
+        match self {
+            ApiError::RateLimited { retry_after } => {
+                response.insert_header((RETRY_AFTER, retry_after.to_string()));
+            }
+            ApiError::Unauthorized(_) => {
+                response.insert_header((WWW_AUTHENTICATE, "Bearer"));
+            }
+            _ => {}
         }
         response
             .content_type("application/problem+json")

@@ -47,6 +47,8 @@ impl Deployment {
             .env("KYC_VERIFF_SHARED_SECRETS", SECRET)
             .env("KYC_ARCHIVE_ENCRYPTION_KEY", ARCHIVE_KEY)
             .env("KYC_URL_ENCRYPTION_KEY", ARCHIVE_KEY)
+            .env("KYC_JWT_SECRET", "bench-jwt-secret")
+            .env("KYC_JWT_AUDIENCE", "kyc-bench")
             .env("KYC_VERIFF_CALLBACK_URL", "https://app.example/verified")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -1,9 +1,11 @@
 //! The HTTP side: routes, shared state and the server.
 
+mod bearer;
 mod clients;
 mod ops;
 mod registration;
 mod status;
+mod user;
 mod webhooks;
 
 use std::net::TcpListener;
@@ -16,6 +18,7 @@ use bytes::BytesMut;
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
 
+pub use bearer::BearerAuth;
 pub use clients::{ClientKeys, RateLimiter};
 
 use crate::crypto::Cipher;
@@ -48,6 +51,7 @@ pub struct Registration {
     pub clients: ClientKeys,
     pub limiter: RateLimiter,
     pub notifier: Notifier,
+    pub bearer: BearerAuth,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -63,6 +67,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route(
         "/v1/auth/register/status",
         web::get().to(status::onboarding_status),
+    )
+    .route("/v1/user/verification", web::get().to(user::verification))
+    .route(
+        "/v1/user/verification/status",
+        web::get().to(status::user_status),
     )
     .route("/healthz", web::get().to(ops::healthz))
     .route("/readyz", web::get().to(ops::readyz))

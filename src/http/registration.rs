@@ -99,46 +99,58 @@ pub async fn create(
         (_, "BLOCKED") => return Err(ApiError::VerificationBlocked),
         _ => {}
     }
-    if let Some(reusable) = reg::current_session(&tx, id)
-        .await?
-        .and_then(|s| api.reusable(s))
-    {
-        tx.commit().await?;
-        return Ok(HttpResponse::Ok().json(reusable));
-    }
-
-    // The region of a verification is fixed by its first session.
-    let region = Integration::parse(&verification.region).unwrap_or(Integration::Eu);
-    let created = api
-        .veriff
-        .create_session(region, id, onboarding.user_id.as_deref())
-        .await
-        .map_err(|error| {
-            tracing::warn!(%error, verification = %id, "Veriff session creation failed");
-            ApiError::ProviderUnavailable
-        })?;
-    let sealed = api.urls.seal(created.url.expose_secret().as_bytes());
-    store::record_session(
-        &tx,
-        &verification,
-        &created.id,
-        "api",
-        Some(&sealed),
-        Some(created.expires_at),
-    )
-    .await?;
-    store::recompute(&tx, &verification, &api.policy).await?;
-    tx.commit().await?;
-    tracing::info!(verification = %id, session = %created.id, region = %region, "Veriff session created");
-    Ok(HttpResponse::Ok().json(SessionAnswer {
-        url: created.url.expose_secret().to_owned(),
-        session_id: created.id,
-        expires_at: created.expires_at,
-        reused: false,
-    }))
+    let answer = api
+        .issue_session(tx, &verification, onboarding.user_id.as_deref())
+        .await?;
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 impl super::Registration {
+    /// The current session when it is usable, else a new one from Veriff in the region of the
+    /// verification's first session. Commits `tx`, which holds the verification's lock.
+    pub(super) async fn issue_session(
+        &self,
+        tx: deadpool_postgres::Transaction<'_>,
+        verification: &store::Locked,
+        user_id: Option<&str>,
+    ) -> Result<SessionAnswer, ApiError> {
+        if let Some(reusable) = reg::current_session(&tx, verification.id)
+            .await?
+            .and_then(|s| self.reusable(s))
+        {
+            tx.commit().await?;
+            return Ok(reusable);
+        }
+        let region = Integration::parse(&verification.region).unwrap_or(Integration::Eu);
+        let created = self
+            .veriff
+            .create_session(region, verification.id, user_id)
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, verification = %verification.id, "Veriff session creation failed");
+                ApiError::ProviderUnavailable
+            })?;
+        let sealed = self.urls.seal(created.url.expose_secret().as_bytes());
+        store::record_session(
+            &tx,
+            verification,
+            &created.id,
+            "api",
+            Some(&sealed),
+            Some(created.expires_at),
+        )
+        .await?;
+        store::recompute(&tx, verification, &self.policy).await?;
+        tx.commit().await?;
+        tracing::info!(verification = %verification.id, session = %created.id, %region, "Veriff session created");
+        Ok(SessionAnswer {
+            url: created.url.expose_secret().to_owned(),
+            session_id: created.id,
+            expires_at: created.expires_at,
+            reused: false,
+        })
+    }
+
     /// The current session's answer, when it may be handed out again.
     fn reusable(&self, session: CurrentSession) -> Option<SessionAnswer> {
         let usable = SessionStatus::parse(&session.status).is_some_and(|s| s.is_usable_status());

@@ -1,7 +1,9 @@
-//! `GET /v1/auth/register/status`: the verification state, cheap to poll. The ETag is a hash
+//! `GET /v1/auth/register/status` and `GET /v1/user/verification/status`: the verification
+//! state, cheap to poll. The ETag is a hash
 //! of the body; `If-None-Match` with it is answered 304, and with `Prefer: wait=N` the answer
 //! waits (without holding a database connection) until the body changes or N seconds pass.
 
+use std::future::Future;
 use std::time::Duration;
 
 use actix_web::http::header::{CACHE_CONTROL, ETAG, IF_NONE_MATCH};
@@ -11,8 +13,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use super::AppState;
 use super::clients::Limit;
+use super::{AppState, Registration};
 use crate::error::ApiError;
 use crate::storage::notifications::Notice;
 use crate::storage::registration::{self as reg, Status};
@@ -43,17 +45,43 @@ pub async fn onboarding_status(
         .ok_or(ApiError::InvalidRequest("onboardingId must be a UUID"))?;
     api.limiter
         .check(client.id, onboarding, Limit::StatusPoll)?;
-
-    // Subscribed before the first read, so no change can slip between read and wait.
-    let mut notices = api.notifier.subscribe();
-    let read = || async {
+    respond(&req, api, || async {
         let db = api.pool.get().await?;
         if reg::onboarding(&db, onboarding, client.id).await?.is_none() {
             return Err(ApiError::OnboardingNotFound);
         }
-        Ok::<_, ApiError>(reg::onboarding_status(&db, onboarding).await?)
-    };
-    let (mut verification, mut status) = read().await?;
+        Ok(reg::onboarding_status(&db, onboarding).await?)
+    })
+    .await
+}
+
+/// `GET /v1/user/verification/status`: the same, for the bearer token's user.
+pub async fn user_status(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let api = &state.registration;
+    let user = api.bearer.user(req.headers())?;
+    respond(&req, api, || async {
+        let db = api.pool.get().await?;
+        Ok(reg::user_status(&db, &user).await?)
+    })
+    .await
+}
+
+/// Answers with the status and its ETag, or 304, waiting for a change when asked to.
+async fn respond<F, Fut>(
+    req: &HttpRequest,
+    api: &Registration,
+    read: F,
+) -> Result<HttpResponse, ApiError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(Option<Uuid>, Status), ApiError>>,
+{
+    // Subscribed before the first read, so no change can slip between read and wait.
+    let mut notices = api.notifier.subscribe();
+    let (mut verification, status) = read().await?;
     let mut etag = etag_of(&status);
     let presented = req
         .headers()
@@ -62,20 +90,20 @@ pub async fn onboarding_status(
     if presented != Some(etag.as_str()) {
         return Ok(answer(&status, &etag));
     }
-    let Some(wait) = requested_wait(&req) else {
+    let Some(wait) = requested_wait(req) else {
         return Ok(not_modified(&etag));
     };
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let notice = tokio::time::timeout_at(deadline, notices.recv()).await;
         let relevant = match notice {
-            Err(_elapsed) => return Ok(not_modified(&etag)),
+            Err(_) | Ok(Err(RecvError::Closed)) => return Ok(not_modified(&etag)),
             Ok(Ok(Notice::Changed(id))) => verification.is_none_or(|v| v == id),
             Ok(Ok(Notice::Resync) | Err(RecvError::Lagged(_))) => true,
-            Ok(Err(RecvError::Closed)) => return Ok(not_modified(&etag)),
         };
         if relevant {
-            (verification, status) = read().await?;
+            let (now_verification, status) = read().await?;
+            verification = now_verification;
             let current = etag_of(&status);
             if current != etag {
                 return Ok(answer(&status, &current));

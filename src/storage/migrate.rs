@@ -30,6 +30,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "session_reconciliation",
         sql: include_str!("../../migrations/0003_session_reconciliation.sql"),
     },
+    Migration {
+        version: 4,
+        name: "own_verifications",
+        sql: include_str!("../../migrations/0004_own_verifications.sql"),
+    },
 ];
 
 /// An arbitrary constant shared by every kyc process: the advisory lock's key.

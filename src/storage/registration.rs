@@ -151,17 +151,75 @@ pub async fn onboarding_status(
             &[&onboarding],
         )
         .await?;
-    Ok(match row {
-        None => (None, Status::unverified()),
-        Some(r) => (
-            Some(r.get(0)),
-            Status {
-                state: r.get(1),
-                retry: r.get(2),
-                reason_code: r.get(3),
-                reason: r.get(4),
-                updated_at: Some(r.get(5)),
-            },
-        ),
-    })
+    Ok(row.map_or((None, Status::unverified()), |r| {
+        (Some(r.get(0)), status_of(&r))
+    }))
+}
+
+/// The newest onboarding of a user, if any.
+async fn newest_onboarding(
+    db: &impl GenericClient,
+    user: &str,
+) -> Result<Option<Uuid>, tokio_postgres::Error> {
+    let row = db
+        .query_opt(
+            "SELECT id FROM onboardings WHERE user_id = $1 ORDER BY created_at DESC NULLS LAST, id DESC LIMIT 1",
+            &[&user],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// A user's verification: the one of their newest onboarding, or one of their own (created
+/// on first use) when they have no onboarding.
+pub async fn verification_of_user(
+    tx: &Transaction<'_>,
+    user: &str,
+) -> Result<Uuid, tokio_postgres::Error> {
+    if let Some(onboarding) = newest_onboarding(tx, user).await? {
+        return verification_of_onboarding(tx, onboarding, Some(user), Integration::Eu).await;
+    }
+    tx.execute(
+        "INSERT INTO verifications (id, user_id, region, state, retry) VALUES ($1, $2, 'EU', 'UNVERIFIED', 'NONE')
+         ON CONFLICT (user_id) WHERE onboarding_id IS NULL DO NOTHING",
+        &[&Uuid::new_v4(), &user],
+    )
+    .await?;
+    let row = tx
+        .query_one(
+            "SELECT id FROM verifications WHERE user_id = $1 AND onboarding_id IS NULL",
+            &[&user],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// The status of a user's verification (see [`verification_of_user`]), without creating one.
+pub async fn user_status(
+    db: &impl GenericClient,
+    user: &str,
+) -> Result<(Option<Uuid>, Status), tokio_postgres::Error> {
+    if let Some(onboarding) = newest_onboarding(db, user).await? {
+        return onboarding_status(db, onboarding).await;
+    }
+    let row = db
+        .query_opt(
+            "SELECT id, state, retry, reason_code, reason, updated_at FROM verifications
+             WHERE user_id = $1 AND onboarding_id IS NULL",
+            &[&user],
+        )
+        .await?;
+    Ok(row.map_or((None, Status::unverified()), |r| {
+        (Some(r.get(0)), status_of(&r))
+    }))
+}
+
+fn status_of(r: &tokio_postgres::Row) -> Status {
+    Status {
+        state: r.get(1),
+        retry: r.get(2),
+        reason_code: r.get(3),
+        reason: r.get(4),
+        updated_at: Some(r.get(5)),
+    }
 }

@@ -1,0 +1,70 @@
+//! Bearer tokens for the user endpoints: only the configured algorithm (never `none`, no
+//! HS/RS confusion), `exp` and `aud` required, `iss` when configured, `sub` is the user id.
+
+use actix_web::http::header::{AUTHORIZATION, HeaderMap};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use crate::config::{ConfigError, JwtKey, JwtSettings};
+use crate::error::ApiError;
+
+pub struct BearerAuth {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+}
+
+impl BearerAuth {
+    pub fn new(settings: JwtSettings) -> Result<Self, ConfigError> {
+        let (key, algorithm) = match settings.key {
+            JwtKey::Hs256(secret) => (
+                DecodingKey::from_secret(secret.expose_secret().as_bytes()),
+                Algorithm::HS256,
+            ),
+            JwtKey::Rs256Pem(pem) => (
+                DecodingKey::from_rsa_pem(&pem).map_err(|_| {
+                    ConfigError::Malformed(
+                        "KYC_JWT_PUBLIC_KEY_FILE",
+                        "not an RSA public key in PEM",
+                    )
+                })?,
+                Algorithm::RS256,
+            ),
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.set_audience(&[settings.audience]);
+        let mut required = vec!["exp", "aud", "sub"];
+        if let Some(issuer) = settings.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
+        Ok(Self { key, validation })
+    }
+
+    /// The user id (`sub`) of a valid bearer token.
+    pub fn user(&self, headers: &HeaderMap) -> Result<String, ApiError> {
+        let token = headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::Unauthorized("a bearer token is required"))?;
+        let claims = decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|_| ApiError::Unauthorized("the bearer token is invalid or expired"))?
+            .claims;
+        if claims.sub.is_empty() {
+            return Err(ApiError::Unauthorized("the bearer token names no user"));
+        }
+        Ok(claims.sub)
+    }
+}

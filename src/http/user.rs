@@ -1,0 +1,29 @@
+//! `GET /v1/user/verification`: a Veriff session URL for the bearer token's user — the
+//! verification of their newest onboarding, or one of their own. For a VERIFIED user a new
+//! session is a re-verification.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::storage::registration as reg;
+use crate::storage::verifications as store;
+
+pub async fn verification(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let api = &state.registration;
+    let user = api.bearer.user(req.headers())?;
+    let mut db = api.pool.get().await?;
+    let tx = db.transaction().await?;
+    let id = reg::verification_of_user(&tx, &user).await?;
+    let verification = store::lock(&tx, id)
+        .await?
+        .ok_or(ApiError::DatabaseUnavailable)?;
+    if verification.retry() == "BLOCKED" {
+        return Err(ApiError::VerificationBlocked);
+    }
+    let answer = api.issue_session(tx, &verification, Some(&user)).await?;
+    Ok(HttpResponse::Ok().json(answer))
+}
