@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -151,7 +151,9 @@ impl VeriffClient {
             (Some(id), Some(url)) if !id.is_empty() && !url.is_empty() => Ok(CreatedSession {
                 id,
                 url: SecretString::from(url),
-                expires_at: Utc::now() + SESSION_LIFETIME,
+                // Whole seconds: the stored expiry (microseconds in PostgreSQL) and so every
+                // later answer for this session carry exactly the same `expiresAt`.
+                expires_at: (Utc::now() + SESSION_LIFETIME).trunc_subsecs(0),
             }),
             _ => Err(VeriffError::BadAnswer),
         }
