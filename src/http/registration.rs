@@ -5,7 +5,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use uuid::Uuid;
 
 use super::clients::Limit;
@@ -20,12 +20,6 @@ use crate::veriff::signature::Integration;
 const BODY_LIMIT: usize = 16 * 1024;
 /// A session this close to its end is not handed out again.
 const REUSE_MARGIN: chrono::TimeDelta = chrono::TimeDelta::hours(1);
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Request {
-    onboarding_id: Option<String>,
-}
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -49,12 +43,13 @@ pub async fn create(
     let client = api.clients.resolve(&api.pool, key).await?;
 
     let body = read_limited(req.headers(), body, BODY_LIMIT).await?;
-    let request: Request = serde_json::from_slice(&body).map_err(|_| {
+    let request: serde_json::Value = serde_json::from_slice(&body).map_err(|_| {
         ApiError::InvalidRequest("the body must be JSON like {\"onboardingId\": \"<uuid>\"}")
     })?;
+    // Read from an object only: a struct would also accept an array (`["<uuid>"]`).
     let onboarding_id = request
-        .onboarding_id
-        .as_deref()
+        .get("onboardingId")
+        .and_then(serde_json::Value::as_str)
         .and_then(|id| Uuid::parse_str(id).ok())
         .ok_or(ApiError::InvalidRequest("onboardingId must be a UUID"))?;
     api.limiter
