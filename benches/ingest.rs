@@ -42,7 +42,7 @@ async fn main() {
     for _ in 0..concurrency {
         let (bodies, next, base) = (Arc::clone(&bodies), Arc::clone(&next), base.clone());
         workers.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder()
+            let client = kyc::tls::client_builder()
                 .pool_max_idle_per_host(1)
                 .build()
                 .expect("client");

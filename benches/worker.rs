@@ -82,7 +82,7 @@ async fn main() {
     wait_ready(&base).await;
     let (_listener, committed) = listen(&deployment).await;
     let accepted: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
-    let client = reqwest::Client::new();
+    let client = kyc::tls::client_builder().build().expect("client");
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     let mut sends = Vec::new();
     for i in 0..latency_sessions {

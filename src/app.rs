@@ -173,7 +173,7 @@ fn dev_standin(integrations: &Integrations, addr: SocketAddr) -> Result<StandIn,
         format!("http://{addr}"),
         eu.api_key().clone(),
         secret.clone(),
-    ))
+    )?)
 }
 
 async fn shutdown_signal() {

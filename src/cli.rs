@@ -4,15 +4,23 @@ use std::net::TcpListener;
 
 use clap::{Parser, Subcommand};
 
+use chrono::{DateTime, Utc};
+
 use crate::app::{BoxError, Roles, Service};
 use crate::config::Config;
-use crate::{storage, telemetry};
+use crate::oncall::clients::ClientsCommand;
+use crate::oncall::dlq::DlqCommand;
+use crate::oncall::trigger::TriggerCommand;
+use crate::{oncall, storage, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(name = "kyc", version, about = "Identity verification with Veriff", long_about = None)]
 pub struct Cli {
     #[command(flatten)]
     pub config: Config,
+    /// Development mode: public development secrets, a local Veriff stand-in, loopback only.
+    #[arg(long, global = true)]
+    pub dev: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -20,142 +28,70 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Migrate, declare the topology, serve HTTP and run the worker in one process.
-    Run {
-        /// Fill in development secrets; loopback addresses only.
-        #[arg(long)]
-        dev: bool,
-    },
-    /// The HTTP side alone (webhook receiver and operational endpoints).
-    Serve {
-        /// Fill in development secrets; loopback addresses only.
-        #[arg(long)]
-        dev: bool,
-    },
-    /// The worker alone: applies webhooks from the queue and records dead letters.
+    Run,
+    /// The HTTP side alone (webhook receiver, registration API, operational endpoints).
+    Serve,
+    /// The worker alone: applies webhooks, records dead letters, reconciles sessions.
     Worker,
     /// Create the database if missing and apply the migrations.
     Migrate,
     /// Manage the apps' client keys.
     #[command(subcommand)]
     Clients(ClientsCommand),
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ClientsCommand {
-    /// Create a client; its key is printed once and never stored.
-    Create {
+    /// Inspect, replay and purge dead letters.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Republish recorded webhooks so the worker recomputes the rows.
+    Replay {
+        /// Veriff's session id.
+        #[arg(long, required_unless_present = "since", conflicts_with = "since")]
+        session: Option<String>,
+        /// Recorded at or after this time (RFC 3339 or a date).
+        #[arg(long, value_parser = oncall::parse_time)]
+        since: Option<DateTime<Utc>>,
+        /// Recorded before this time.
+        #[arg(long, value_parser = oncall::parse_time, requires = "since")]
+        until: Option<DateTime<Utc>>,
+        /// Say what would be replayed, change nothing.
         #[arg(long)]
-        name: String,
-        /// The client may use the US Veriff integration (`x-us-env: true`).
-        #[arg(long)]
-        us: bool,
+        dry_run: bool,
     },
-    /// List the clients.
-    List {
-        /// JSON lines for scripts.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Revoke a client: its key stops working within seconds.
-    Revoke { id: uuid::Uuid },
+    /// Send a correctly signed test webhook to a running receiver.
+    #[command(subcommand)]
+    Trigger(TriggerCommand),
 }
 
 pub async fn run(cli: Cli) -> Result<(), BoxError> {
-    let config = cli.config;
+    let Cli {
+        config,
+        dev,
+        command,
+    } = cli;
     telemetry::init(config.log_format);
-    match cli.command {
+    if dev {
+        config.check_dev_loopback()?;
+    }
+    match command {
         Command::Migrate => migrate(&config).await,
-        Command::Clients(command) => clients(&config, command).await,
-        Command::Serve { dev } => start(&config, dev, true, false).await,
-        Command::Worker => start(&config, false, false, true).await,
-        Command::Run { dev } => {
-            if dev {
-                config.check_dev_loopback()?;
-            }
+        Command::Clients(command) => oncall::clients::run(&config, command).await,
+        Command::Dlq(command) => oncall::dlq::run(&config, dev, command).await,
+        Command::Replay {
+            session,
+            since,
+            until,
+            dry_run,
+        } => oncall::replay::run(&config, dev, session, since, until, dry_run).await,
+        Command::Trigger(command) => oncall::trigger::run(&config, dev, command).await,
+        Command::Serve => start(&config, dev, true, false).await,
+        Command::Worker => start(&config, dev, false, true).await,
+        Command::Run => {
             migrate(&config).await?;
             if dev {
-                print_dev_guide(&config);
+                oncall::dev_guide::print(&config);
             }
             start(&config, dev, true, true).await
         }
     }
-}
-
-async fn clients(config: &Config, command: ClientsCommand) -> Result<(), BoxError> {
-    let pool = storage::pool(&config.database_url, 1)?;
-    let db = pool.get().await?;
-    match command {
-        ClientsCommand::Create { name, us } => {
-            let (id, key) = storage::clients::create(&db, &name, us).await?;
-            println!(
-                "client {id} created{}",
-                if us { " (US enabled)" } else { "" }
-            );
-            println!("key (shown once, store it now): {key}");
-        }
-        ClientsCommand::List { json } => {
-            let clients = storage::clients::list(&db).await?;
-            if json {
-                for client in clients {
-                    println!("{}", serde_json::to_string(&client)?);
-                }
-            } else {
-                println!(
-                    "{:<36}  {:<24}  {:<3}  {:<20}  REVOKED",
-                    "ID", "NAME", "US", "CREATED"
-                );
-                for c in clients {
-                    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
-                        t.map_or_else(
-                            || "-".to_owned(),
-                            |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
-                        )
-                    };
-                    println!(
-                        "{:<36}  {:<24}  {:<3}  {:<20}  {}",
-                        c.id,
-                        c.name.as_deref().unwrap_or("-"),
-                        if c.us_enabled { "yes" } else { "no" },
-                        time(c.created_at),
-                        time(c.revoked_at),
-                    );
-                }
-            }
-        }
-        ClientsCommand::Revoke { id } => {
-            if !storage::clients::revoke(&db, id).await? {
-                return Err(format!("no client {id}").into());
-            }
-            println!("client {id} revoked");
-        }
-    }
-    Ok(())
-}
-
-/// What a newcomer does next with `kyc run --dev`.
-fn print_dev_guide(config: &Config) {
-    let addr = config.http_addr;
-    let db = &config.database_url;
-    let kyc =
-        std::env::current_exe().map_or_else(|_| "kyc".to_owned(), |p| p.display().to_string());
-    println!(
-        r#"
-kyc is running in development mode on http://{addr} with a local Veriff stand-in.
-Try the whole flow in a second terminal:
-
-  KEY=$({kyc} clients create --name demo | sed -n 's/^key.*: //p')
-  CLIENT=$({kyc} clients list --json | tail -n 1 | sed 's/.*"id":"\([^"]*\)".*/\1/')
-  ONBOARDING=$(cat /proc/sys/kernel/random/uuid)
-  psql "{db}" -c "INSERT INTO onboardings (id, client_id, phone_verified_at, expires_at) VALUES ('$ONBOARDING', '$CLIENT', now(), now() + interval '1 day')"
-  curl -s -X POST http://{addr}/v1/auth/register/verification -H "x-client-key: $KEY" -d "{{\"onboardingId\":\"$ONBOARDING\"}}"
-
-Open the "url" it returns in a browser and click "Approve"; then
-
-  curl -s "http://{addr}/v1/auth/register/status?onboardingId=$ONBOARDING" -H "x-client-key: $KEY"
-
-reports "state":"VERIFIED".
-"#
-    );
 }
 
 async fn migrate(config: &Config) -> Result<(), BoxError> {
@@ -165,9 +101,6 @@ async fn migrate(config: &Config) -> Result<(), BoxError> {
 }
 
 async fn start(config: &Config, dev: bool, http: bool, worker: bool) -> Result<(), BoxError> {
-    if dev {
-        config.check_dev_loopback()?;
-    }
     let http = match http {
         true => Some(
             TcpListener::bind(config.http_addr)

@@ -113,7 +113,7 @@ impl Drop for KycProcess {
 }
 
 pub async fn wait_ready(base: &str) {
-    let client = reqwest::Client::new();
+    let client = kyc::tls::client_builder().build().expect("client");
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if let Ok(r) = client.get(format!("{base}/readyz")).send().await

@@ -38,11 +38,7 @@ impl Envelope {
         dedup_key: String,
         received_at: DateTime<Utc>,
     ) -> Self {
-        let routing_key = match (facts, webhook.kind()) {
-            (None, _) => "veriff.unparsed",
-            (Some(_), Kind::Decision) => "veriff.decision",
-            (Some(_), Kind::Event) => "veriff.event",
-        };
+        let routing_key = routing_key_of(webhook.kind(), facts.is_some());
         let mut headers = FieldTable::default();
         put(&mut headers, HEADER_SIGNATURE, webhook.signature());
         put(
@@ -68,6 +64,22 @@ impl Envelope {
             .with_message_id(ShortString::from(self.message_id.as_str()))
             .with_timestamp(u64::try_from(Utc::now().timestamp()).unwrap_or_default())
             .with_headers(self.headers.clone())
+    }
+}
+
+fn routing_key_of(kind: Kind, parsed: bool) -> &'static str {
+    match (parsed, kind) {
+        (false, _) => "veriff.unparsed",
+        (true, Kind::Decision) => "veriff.decision",
+        (true, Kind::Event) => "veriff.event",
+    }
+}
+
+/// The routing key of a body of this kind, as the receiver chose it.
+pub fn routing_key(kind: Option<Kind>, body: &[u8]) -> &'static str {
+    match kind {
+        Some(kind) => routing_key_of(kind, crate::veriff::payload::parse(kind, body).is_some()),
+        None => "veriff.unparsed",
     }
 }
 
@@ -150,4 +162,25 @@ fn value_to_json(value: &AMQPValue) -> serde_json::Value {
         AMQPValue::Void => J::Null,
         other => int_value(other).map_or(J::Null, J::from),
     }
+}
+
+/// Headers back from their JSON form (strings, integers and booleans; nested values, such as
+/// the broker's `x-death`, are left out).
+pub fn headers_from_json(json: &serde_json::Value) -> FieldTable {
+    let mut headers = FieldTable::default();
+    if let Some(map) = json.as_object() {
+        for (name, value) in map {
+            let value = match value {
+                serde_json::Value::String(s) => AMQPValue::LongString(s.as_str().into()),
+                serde_json::Value::Bool(b) => AMQPValue::Boolean(*b),
+                serde_json::Value::Number(n) => match n.as_i64() {
+                    Some(i) => AMQPValue::LongLongInt(i),
+                    None => continue,
+                },
+                _ => continue,
+            };
+            headers.insert(name.as_str().into(), value);
+        }
+    }
+    headers
 }

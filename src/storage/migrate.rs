@@ -35,6 +35,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "own_verifications",
         sql: include_str!("../../migrations/0004_own_verifications.sql"),
     },
+    Migration {
+        version: 5,
+        name: "audit_log",
+        sql: include_str!("../../migrations/0005_audit_log.sql"),
+    },
 ];
 
 /// An arbitrary constant shared by every kyc process: the advisory lock's key.

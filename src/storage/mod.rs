@@ -1,6 +1,7 @@
 //! PostgreSQL: the connection pool and the migrations.
 
 pub mod clients;
+pub mod dead_letters;
 pub mod migrate;
 pub mod notifications;
 pub mod registration;

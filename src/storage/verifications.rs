@@ -321,3 +321,50 @@ pub async fn history(tx: &Transaction<'_>, id: Uuid) -> Result<Vec<Input>, tokio
         })
         .collect())
 }
+
+/// A recorded webhook, as `kyc replay` republishes it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub dedup_key: String,
+    pub kind: String,
+    pub session_id: String,
+    pub source: String,
+    pub integration: Option<String>,
+    pub signature: Option<String>,
+    pub body_ciphertext: Option<Vec<u8>>,
+    pub received_at: Option<DateTime<Utc>>,
+}
+
+/// The webhook inputs of a session, or those recorded in `[since, until)`, in recording order.
+pub async fn recorded(
+    db: &impl deadpool_postgres::GenericClient,
+    session: Option<&str>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+) -> Result<Vec<Recorded>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "SELECT dedup_key, kind, session_id, source, integration, signature, body_ciphertext, received_at
+             FROM inputs
+             WHERE kind IN ('decision', 'event')
+               AND ($1::text IS NULL OR session_id = $1)
+               AND ($2::timestamptz IS NULL OR recorded_at >= $2)
+               AND ($3::timestamptz IS NULL OR recorded_at < $3)
+             ORDER BY id",
+            &[&session, &since, &until],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Recorded {
+            dedup_key: r.get(0),
+            kind: r.get(1),
+            session_id: r.get(2),
+            source: r.get(3),
+            integration: r.get(4),
+            signature: r.get(5),
+            body_ciphertext: r.get(6),
+            received_at: r.get(7),
+        })
+        .collect())
+}

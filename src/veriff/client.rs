@@ -76,9 +76,7 @@ impl VeriffClient {
         callback_url: Option<String>,
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
-        // One process-wide TLS provider; a second install attempt is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let http = crate::tls::client_builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(timeout)
             .build()?;

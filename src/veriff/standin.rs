@@ -82,14 +82,18 @@ impl Choice {
 }
 
 impl StandIn {
-    pub fn new(base: String, api_key: SecretString, secret: SecretString) -> Self {
-        Self {
+    pub fn new(
+        base: String,
+        api_key: SecretString,
+        secret: SecretString,
+    ) -> Result<Self, reqwest::Error> {
+        Ok(Self {
             base,
             api_key,
             secret,
-            http: reqwest::Client::new(),
+            http: crate::tls::client_builder().build()?,
             sessions: Mutex::default(),
-        }
+        })
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
