@@ -17,7 +17,14 @@ fn main() -> ExitCode {
     match runtime.block_on(kyc::cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kyc: {e}");
+            // The whole cause chain: a driver's own message is often only in the source.
+            let mut message = e.to_string();
+            let mut source = e.source();
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            eprintln!("kyc: {message}");
             ExitCode::FAILURE
         }
     }

@@ -32,8 +32,7 @@ pub enum Selection {
     Before(DateTime<Utc>),
 }
 
-const COLUMNS: &str = "id, reason, kind, session_id, attempts, first_failure, last_failure, message_id, \\
-                       recorded_at, replayed_at, headers, body_ciphertext";
+const COLUMNS: &str = "id, reason, kind, session_id, attempts, first_failure, last_failure, message_id, recorded_at, replayed_at, headers, body_ciphertext";
 
 fn from_row(r: &tokio_postgres::Row) -> DeadLetter {
     DeadLetter {
