@@ -4,4 +4,5 @@
 mod harness;
 mod ingest;
 mod migrate;
+mod registration;
 mod worker;

@@ -3,7 +3,9 @@
 
 pub mod amqp;
 pub mod db;
+pub mod fake_veriff;
 pub mod proxy;
+pub mod registration;
 pub mod seed;
 
 use std::future::Future;
