@@ -107,7 +107,7 @@ impl From<deadpool_postgres::PoolError> for ApiError {
 }
 
 /// An RFC 9457 problem document with kyc's stable `code`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem<'a> {
     #[serde(rename = "type")]
     pub kind: &'static str,

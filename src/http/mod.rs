@@ -2,6 +2,7 @@
 
 mod bearer;
 mod clients;
+mod openapi;
 mod ops;
 mod registration;
 mod status;
@@ -73,6 +74,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         "/v1/user/verification/status",
         web::get().to(status::user_status),
     )
+    .route("/openapi.json", web::get().to(openapi::document))
     .route("/healthz", web::get().to(ops::healthz))
     .route("/readyz", web::get().to(ops::readyz))
     .route("/metrics", web::get().to(ops::metrics));

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::clients::Limit;
 use super::{AppState, read_limited};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::state_machine::SessionStatus;
 use crate::storage::registration::{self as reg, CurrentSession};
 use crate::storage::verifications as store;
@@ -21,7 +21,7 @@ const BODY_LIMIT: usize = 16 * 1024;
 /// A session this close to its end is not handed out again.
 const REUSE_MARGIN: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionAnswer {
     pub url: String,
@@ -30,6 +30,30 @@ pub struct SessionAnswer {
     pub reused: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/auth/register/verification",
+    request_body(
+        content = serde_json::Value,
+        description = "A JSON object with the onboarding's id",
+        example = json!({"onboardingId": "8a0b5d8e-6f3c-4d9e-9d61-0c2f7c1a2b3c"})
+    ),
+    params(
+        ("x-client-key" = String, Header, description = "The client's public key"),
+        ("x-us-env" = Option<bool>, Header, description = "`true` routes to the US Veriff integration"),
+    ),
+    responses(
+        (status = 200, description = "A Veriff session URL", body = SessionAnswer),
+        (status = 400, description = "INVALID_REQUEST, ONBOARDING_EXPIRED, PHONE_NOT_VERIFIED or US_ENV_NOT_AVAILABLE", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "VERIFICATION_BLOCKED", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "ONBOARDING_NOT_FOUND", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "ALREADY_VERIFIED", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED, with Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 498, description = "INVALID_CLIENT_KEY", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "PROVIDER_UNAVAILABLE", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "DATABASE_UNAVAILABLE", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn create(
     req: HttpRequest,
     body: web::Payload,

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::clients::Limit;
 use super::{AppState, Registration};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::storage::notifications::Notice;
 use crate::storage::registration::{self as reg, Status};
 
@@ -27,6 +27,24 @@ pub struct Query {
     onboarding_id: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/auth/register/status",
+    params(
+        ("onboardingId" = String, Query, description = "The onboarding's id (a UUID)"),
+        ("x-client-key" = String, Header, description = "The client's public key"),
+        ("If-None-Match" = Option<String>, Header, description = "The ETag of the last answer"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): wait up to N s for a change"),
+    ),
+    responses(
+        (status = 200, description = "The verification's state; ETag is a hash of this body", body = Status),
+        (status = 304, description = "Unchanged since the ETag presented"),
+        (status = 400, description = "INVALID_REQUEST", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "ONBOARDING_NOT_FOUND", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED", body = Problem, content_type = "application/problem+json"),
+        (status = 498, description = "INVALID_CLIENT_KEY", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn onboarding_status(
     req: HttpRequest,
     query: web::Query<Query>,
@@ -56,6 +74,20 @@ pub async fn onboarding_status(
 }
 
 /// `GET /v1/user/verification/status`: the same, for the bearer token's user.
+#[utoipa::path(
+    get,
+    path = "/v1/user/verification/status",
+    security(("bearer" = [])),
+    params(
+        ("If-None-Match" = Option<String>, Header, description = "The ETag of the last answer"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): wait up to N s for a change"),
+    ),
+    responses(
+        (status = 200, description = "The user's verification state", body = Status),
+        (status = 304, description = "Unchanged since the ETag presented"),
+        (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn user_status(
     req: HttpRequest,
     state: web::Data<AppState>,

@@ -5,10 +5,21 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::storage::registration as reg;
 use crate::storage::verifications as store;
 
+#[utoipa::path(
+    get,
+    path = "/v1/user/verification",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A Veriff session URL for the user", body = crate::http::registration::SessionAnswer),
+        (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "VERIFICATION_BLOCKED", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "PROVIDER_UNAVAILABLE", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn verification(
     req: HttpRequest,
     state: web::Data<AppState>,

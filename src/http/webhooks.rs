@@ -5,11 +5,27 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 
 use super::{AppState, BODY_LIMIT, read_limited};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::queue::Envelope;
 use crate::veriff::signature::{RawWebhook, SignatureHeaders};
 use crate::veriff::{Kind, dedup, payload};
 
+#[utoipa::path(
+    post,
+    path = "/webhooks/veriff/decision",
+    request_body(content = String, content_type = "application/json", description = "Veriff's decision webhook, signed as sent"),
+    params(
+        ("X-HMAC-SIGNATURE" = Option<String>, Header, description = "Hex HMAC-SHA256 of the raw body with the shared secret"),
+        ("VRF-HMAC-SIGNATURE" = Option<String>, Header, description = "Fallback when X-HMAC-SIGNATURE is absent"),
+        ("X-AUTH-CLIENT" = Option<String>, Header, description = "The integration's API key"),
+    ),
+    responses(
+        (status = 200, description = "Durably queued (the broker confirmed it)"),
+        (status = 401, description = "INVALID_SIGNATURE", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE (over 1 MiB)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BROKER_UNAVAILABLE: retry later", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn decision(
     req: HttpRequest,
     body: web::Payload,
@@ -18,6 +34,22 @@ pub async fn decision(
     receive(Kind::Decision, &req, body, &state).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/webhooks/veriff/event",
+    request_body(content = String, content_type = "application/json", description = "Veriff's event webhook, signed as sent"),
+    params(
+        ("X-HMAC-SIGNATURE" = Option<String>, Header, description = "Hex HMAC-SHA256 of the raw body with the shared secret"),
+        ("VRF-HMAC-SIGNATURE" = Option<String>, Header, description = "Fallback when X-HMAC-SIGNATURE is absent"),
+        ("X-AUTH-CLIENT" = Option<String>, Header, description = "The integration's API key"),
+    ),
+    responses(
+        (status = 200, description = "Durably queued (the broker confirmed it)"),
+        (status = 401, description = "INVALID_SIGNATURE", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE (over 1 MiB)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BROKER_UNAVAILABLE: retry later", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn event(
     req: HttpRequest,
     body: web::Payload,

@@ -116,7 +116,7 @@ pub async fn current_session(
 }
 
 /// The public status of a verification, as the status endpoints report it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     pub state: String,
