@@ -260,8 +260,16 @@ impl Worker {
         match forwarded {
             // Only after the commit, or after the confirmed move to another queue.
             Ok(()) => {
-                if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
-                    tracing::warn!(%error, "ack failed; the message will be redelivered and absorbed");
+                // lapin answers Ok(false), not an error, when the channel is already closed.
+                match delivery.acker.ack(BasicAckOptions::default()).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(
+                        "ack not sent: the channel is closed; the message will be redelivered and absorbed"
+                    ),
+                    Err(error) => tracing::warn!(
+                        %error,
+                        "ack failed; the message will be redelivered and absorbed"
+                    ),
                 }
             }
             Err(error) => {

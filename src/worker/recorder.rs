@@ -85,8 +85,16 @@ impl Worker {
                         .dead_letters_recorded
                         .with_label_values(&[&reason])
                         .inc();
-                    if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
-                        tracing::warn!(%error, "dead letter recorded but not acked; its redelivery is absorbed");
+                    // lapin answers Ok(false), not an error, when the channel is closed.
+                    match delivery.acker.ack(BasicAckOptions::default()).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!(
+                            "dead letter recorded but not acked (channel closed); its redelivery is absorbed"
+                        ),
+                        Err(error) => tracing::warn!(
+                            %error,
+                            "dead letter recorded but not acked; its redelivery is absorbed"
+                        ),
                     }
                     return;
                 }
