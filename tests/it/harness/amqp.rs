@@ -3,11 +3,11 @@
 
 use lapin::message::BasicGetMessage;
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
 use kyc::queue::Topology;
 
@@ -30,7 +30,8 @@ impl QueuePeek {
         Self { topology }
     }
 
-    pub async fn count(&self, queue: &str) -> u32 {
+    /// (ready messages, consumers) of a queue; messages a consumer holds unacked are not ready.
+    async fn declare_passive(&self, queue: &str) -> (u32, u32) {
         let (_conn, ch) = channel().await;
         let declared = ch
             .queue_declare(
@@ -43,11 +44,65 @@ impl QueuePeek {
             )
             .await
             .expect("queue exists");
-        declared.message_count()
+        (declared.message_count(), declared.consumer_count())
+    }
+
+    /// Messages ready in `queue`.
+    pub async fn count(&self, queue: &str) -> u32 {
+        self.declare_passive(queue).await.0
     }
 
     pub async fn main_count(&self) -> u32 {
         self.count(&self.topology.main_queue()).await
+    }
+
+    /// Consumers of the main queue (one per live worker).
+    pub async fn main_consumers(&self) -> u32 {
+        self.declare_passive(&self.topology.main_queue()).await.1
+    }
+
+    /// Messages ready in the retry tiers and in the dead-letter queue, by queue.
+    pub async fn side_queue_counts(&self) -> Vec<(String, u32)> {
+        let mut counts = Vec::new();
+        for queue in self.topology.queues().into_iter().skip(1) {
+            let n = self.count(&queue).await;
+            counts.push((queue, n));
+        }
+        counts
+    }
+
+    /// Publishes straight to the webhook exchange, bypassing the receiver (and its signature
+    /// check), with a confirm: what a party with access to the broker could inject.
+    pub async fn publish_to_exchange(
+        &self,
+        routing_key: &str,
+        properties: BasicProperties,
+        body: &[u8],
+    ) {
+        let (_conn, ch) = channel().await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+        let confirmation = ch
+            .basic_publish(
+                self.topology.exchange().as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .expect("basic.publish")
+            .await
+            .expect("publisher confirm");
+        assert_eq!(
+            confirmation,
+            Confirmation::Ack(None),
+            "the broker took and routed the message"
+        );
     }
 
     /// Takes (and acks) every message now in `queue`.

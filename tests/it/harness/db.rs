@@ -1,7 +1,9 @@
 //! A database per test, cloned from a template that is migrated once per migration set,
 //! and dropped when the test ends.
 
-use tokio_postgres::NoTls;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, NoTls};
 
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// Serialises template creation across test processes.
@@ -82,12 +84,71 @@ impl TestDb {
         }
     }
 
+    /// The same database reached through a proxy on `port` (see `proxy::Proxy`).
+    pub fn url_via(&self, port: u16) -> String {
+        format!("postgres://postgres@127.0.0.1:{port}/{}", self.name)
+    }
+
     pub async fn client(&self) -> tokio_postgres::Client {
         let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
             .await
             .expect("connects to the test database");
         tokio::spawn(connection);
         client
+    }
+
+    /// A connection that `LISTEN`s on `channel` and hands over each payload in order.
+    pub async fn listen(&self, channel: &str) -> Listener {
+        let (client, mut connection) = tokio_postgres::connect(&self.url, NoTls)
+            .await
+            .expect("listener connects to the test database");
+        let (tx, payloads) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(|cx| connection.poll_message(cx));
+            while let Some(Ok(message)) = messages.next().await {
+                if let AsyncMessage::Notification(n) = message
+                    && tx.send(n.payload().to_owned()).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN {channel}"))
+            .await
+            .expect("LISTEN");
+        Listener {
+            channel: channel.to_owned(),
+            client,
+            payloads,
+        }
+    }
+}
+
+/// Notifications of one channel, in the order PostgreSQL delivered them (commit order).
+pub struct Listener {
+    channel: String,
+    client: tokio_postgres::Client,
+    payloads: mpsc::UnboundedReceiver<String>,
+}
+
+impl Listener {
+    /// The next payload, failing the test if none comes within 20 s.
+    pub async fn next(&mut self) -> String {
+        tokio::time::timeout(std::time::Duration::from_secs(20), self.payloads.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for a NOTIFY on {}", self.channel))
+            .expect("the listener connection is alive")
+    }
+
+    /// Sends a marker on the channel from this connection. Notifications arrive in commit
+    /// order, so once the marker is received, nothing committed before it is still on its way:
+    /// `assert_eq!(listener.next().await, marker)` proves that nothing was announced before.
+    pub async fn mark(&self, marker: &str) {
+        self.client
+            .execute("SELECT pg_notify($1, $2)", &[&self.channel, &marker])
+            .await
+            .expect("NOTIFY marker");
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod amqp;
 pub mod db;
 pub mod fake_veriff;
+pub mod process;
 pub mod proxy;
 pub mod registration;
 pub mod seed;
@@ -18,11 +19,15 @@ use kyc::config::Config;
 
 pub use amqp::QueuePeek;
 pub use db::TestDb;
+use proxy::Proxy;
 
 pub const EU_API_KEY: &str = "eu-api-key";
 pub const EU_SECRET: &str = "test-shared-secret";
 pub const US_API_KEY: &str = "us-api-key";
 pub const US_SECRET: &str = "us-shared-secret";
+pub const JWT_SECRET: &str = "test-jwt-secret";
+pub const JWT_AUDIENCE: &str = "kyc-test";
+pub const URL_KEY: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 #[derive(Parser)]
@@ -49,6 +54,14 @@ pub fn test_config(prefix: &str, amqp_url: &str, database_url: &str, extra: &[&s
         US_API_KEY,
         "--veriff-us-shared-secrets",
         US_SECRET,
+        "--jwt-secret",
+        JWT_SECRET,
+        "--jwt-audience",
+        JWT_AUDIENCE,
+        "--veriff-callback-url",
+        "https://app.example/verified",
+        "--url-encryption-key",
+        URL_KEY,
         "--retry-delays",
         "1s,2s",
     ];
@@ -72,6 +85,9 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub db: Option<TestDb>,
     service: Option<Service>,
+    /// Whether this app created the deployment (its queue prefix) and deletes it when dropped;
+    /// other processes joined with `start_with` leave it to the owner.
+    owner: bool,
 }
 
 /// What a test starts: the HTTP side, the worker, or both; where the broker is; extra flags.
@@ -79,6 +95,10 @@ pub struct TestApp {
 pub struct Spawn<'a> {
     pub http: bool,
     pub worker: bool,
+    /// A database of its own even without the worker (e.g. the worker runs as a subprocess).
+    pub database: bool,
+    /// The service reaches PostgreSQL through this proxy (the test itself goes direct).
+    pub database_via: Option<&'a Proxy>,
     pub amqp_url: &'a str,
     pub args: &'a [&'a str],
 }
@@ -88,6 +108,8 @@ impl Default for Spawn<'_> {
         Self {
             http: true,
             worker: false,
+            database: false,
+            database_via: None,
             amqp_url: AMQP_URL,
             args: &[],
         }
@@ -97,25 +119,30 @@ impl Default for Spawn<'_> {
 impl TestApp {
     pub async fn start(spawn: Spawn<'_>) -> Self {
         kyc::telemetry::init(kyc::config::LogFormat::Pretty);
-        let db = match spawn.worker {
+        kyc::tls::install();
+        let db = match spawn.worker || spawn.database {
             true => Some(TestDb::create().await),
             false => None,
         };
-        let database_url = db.as_ref().map_or(
-            "postgres://postgres@127.0.0.1:5432/unused".to_owned(),
-            |d| d.url.clone(),
-        );
+        let database_url = match (&db, spawn.database_via) {
+            (Some(db), Some(proxy)) => db.url_via(proxy.port),
+            (Some(db), None) => db.url.clone(),
+            (None, _) => "postgres://postgres@127.0.0.1:5432/unused".to_owned(),
+        };
         let mut args = vec!["--archive-encryption-key", ARCHIVE_KEY];
         args.extend_from_slice(spawn.args);
-        Self::start_with(
+        let mut app = Self::start_with(
             spawn,
             test_config(&unique_prefix(), spawn.amqp_url, &database_url, &args),
             db,
         )
-        .await
+        .await;
+        app.owner = true;
+        app
     }
 
-    /// Starts another process of the same deployment (same database and queues).
+    /// Starts another process of the same deployment (same database and queues), e.g. a
+    /// second worker. The app that created the deployment keeps deleting its queues.
     pub async fn start_with(spawn: Spawn<'_>, config: Config, db: Option<TestDb>) -> Self {
         let http = spawn
             .http
@@ -135,6 +162,7 @@ impl TestApp {
             http: reqwest::Client::new(),
             db,
             service: Some(service),
+            owner: false,
         };
         if spawn.http {
             app.wait_ready().await;
@@ -159,6 +187,16 @@ impl TestApp {
     pub async fn run() -> Self {
         Self::start(Spawn {
             worker: true,
+            ..Spawn::default()
+        })
+        .await
+    }
+
+    /// HTTP and the worker, with extra flags (e.g. `--worker-concurrency`).
+    pub async fn run_with(args: &[&str]) -> Self {
+        Self::start(Spawn {
+            worker: true,
+            args,
             ..Spawn::default()
         })
         .await
@@ -212,6 +250,42 @@ impl TestApp {
     pub fn peek(&self) -> QueuePeek {
         QueuePeek::new(kyc::app::topology(&self.config))
     }
+
+    /// The Prometheus text of `/metrics` (HTTP and worker share one registry per process).
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics endpoint answers")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// `kyc_worker_messages_total{outcome, reason}`, 0 while the series does not exist.
+    pub async fn worker_count(&self, outcome: &str, reason: &str) -> u64 {
+        let series =
+            format!(r#"kyc_worker_messages_total{{outcome="{outcome}",reason="{reason}"}} "#);
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .map_or(0, |value| value.trim().parse().expect("a counter value"))
+    }
+
+    /// Waits until the worker counted at least `at_least` messages with this outcome.
+    pub async fn wait_worker_count(&self, outcome: &str, reason: &str, at_least: u64) -> u64 {
+        eventually(
+            Duration::from_secs(20),
+            &format!("{at_least} worker outcomes {outcome}/{reason}"),
+            || async {
+                let n = self.worker_count(outcome, reason).await;
+                (n >= at_least).then_some(n)
+            },
+        )
+        .await
+    }
 }
 
 impl Drop for TestApp {
@@ -219,7 +293,7 @@ impl Drop for TestApp {
         // Idle keep-alive connections would hold up the graceful shutdown.
         drop(std::mem::take(&mut self.http));
         let service = self.service.take();
-        let topology = kyc::app::topology(&self.config);
+        let topology = self.owner.then(|| kyc::app::topology(&self.config));
         // Drop cannot be async: clean up on a thread of its own, even after a panic.
         let cleanup = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -232,7 +306,9 @@ impl Drop for TestApp {
                 if let Some(service) = service {
                     service.shutdown().await;
                 }
-                amqp::delete_topology(&topology).await;
+                if let Some(topology) = topology {
+                    amqp::delete_topology(&topology).await;
+                }
             });
         });
         let _ = cleanup.join();

@@ -1,5 +1,5 @@
-//! A TCP proxy in front of RabbitMQ that a test can cut and restore, so that one test can
-//! lose its broker connection without disturbing the tests running beside it.
+//! A TCP proxy in front of RabbitMQ or PostgreSQL that a test can cut and restore, so that
+//! one test can lose its broker or its database without disturbing the tests running beside it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +45,7 @@ impl Proxy {
         }
     }
 
+    /// The broker through this proxy (when it stands in front of 127.0.0.1:5672).
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
