@@ -6,3 +6,4 @@ mod ingest;
 mod migrate;
 mod registration;
 mod worker;
+mod worker_dead_letters;
