@@ -6,4 +6,5 @@ mod ingest;
 mod migrate;
 mod registration;
 mod worker;
+mod worker_concurrency;
 mod worker_dead_letters;
