@@ -8,3 +8,4 @@ mod registration;
 mod worker;
 mod worker_concurrency;
 mod worker_dead_letters;
+mod worker_faults;
