@@ -32,13 +32,19 @@ impl Deployment {
 
     /// Starts `kyc ROLE` with this deployment's settings; returns it and its HTTP address.
     pub fn spawn(&self, role: &str) -> (KycProcess, String) {
+        self.spawn_with(&[role], &[])
+    }
+
+    /// Starts `kyc ARGS…` with this deployment's settings and `extra` environment.
+    pub fn spawn_with(&self, args: &[&str], extra: &[(&str, &str)]) -> (KycProcess, String) {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
         let addr = format!("127.0.0.1:{port}");
         let child = Command::new(env!("CARGO_BIN_EXE_kyc"))
-            .arg(role)
+            .args(args)
+            .envs(extra.iter().copied())
             .env("KYC_HTTP_ADDR", &addr)
             .env("KYC_QUEUE_PREFIX", &self.prefix)
             .env("KYC_DATABASE_URL", self.database_url())

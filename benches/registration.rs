@@ -1,0 +1,136 @@
+//! Registration API figures: requests/s and latency of the status endpoint (a valid client
+//! key, no change) and of the session endpoint on its reuse path, at 64 connections, each
+//! connection polling its own onboarding. The rate limit is turned off: one client polling
+//! thousands of times a second is the load, not the abuse the limit is for.
+//!
+//! `cargo bench --bench registration` (BENCH_REQUESTS, BENCH_CONCURRENCY override the defaults).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Deployment, env_or, percentile_ms, wait_ready};
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+#[tokio::main]
+async fn main() {
+    let requests: usize = env_or("BENCH_REQUESTS", 50_000);
+    let concurrency: usize = env_or("BENCH_CONCURRENCY", 64);
+    let deployment = Deployment::new("registration");
+    deployment.migrate().await;
+    // --dev mounts the Veriff stand-in, so sessions are created locally.
+    let (server, base) =
+        deployment.spawn_with(&["--dev", "serve"], &[("KYC_CLIENT_RATE_LIMIT", "0")]);
+    wait_ready(&base).await;
+
+    let (db, connection) = tokio_postgres::connect(&deployment.database_url(), NoTls)
+        .await
+        .expect("db");
+    tokio::spawn(connection);
+    let pool = kyc::storage::pool(&deployment.database_url(), 1).expect("pool");
+    let (client_id, key) =
+        kyc::storage::clients::create(&pool.get().await.expect("connection"), "bench", false)
+            .await
+            .expect("client");
+    let onboardings: Vec<Uuid> = (0..concurrency).map(|_| Uuid::new_v4()).collect();
+    db.execute(
+        "INSERT INTO onboardings (id, client_id, phone_verified_at, expires_at)
+         SELECT unnest($1::uuid[]), $2, now(), now() + interval '1 day'",
+        &[&onboardings, &client_id],
+    )
+    .await
+    .expect("onboardings");
+
+    let http = kyc::tls::client_builder().build().expect("client");
+    for onboarding in &onboardings {
+        let created = http
+            .post(format!("{base}/v1/auth/register/verification"))
+            .header("x-client-key", &key)
+            .json(&serde_json::json!({ "onboardingId": onboarding }))
+            .send()
+            .await
+            .expect("session request");
+        assert_eq!(created.status(), 200, "the first session is created");
+    }
+
+    let key = Arc::new(key);
+    for endpoint in [Endpoint::Status, Endpoint::Reuse] {
+        let started = Instant::now();
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for onboarding in onboardings.iter().copied() {
+            let (next, key, base) = (Arc::clone(&next), Arc::clone(&key), base.clone());
+            tasks.push(tokio::spawn(async move {
+                let client = kyc::tls::client_builder()
+                    .pool_max_idle_per_host(1)
+                    .build()
+                    .expect("client");
+                let mut latencies = Vec::new();
+                let mut failures = 0usize;
+                while next.fetch_add(1, Ordering::Relaxed) < requests {
+                    let request = match endpoint {
+                        Endpoint::Status => client.get(format!(
+                            "{base}/v1/auth/register/status?onboardingId={onboarding}"
+                        )),
+                        Endpoint::Reuse => client
+                            .post(format!("{base}/v1/auth/register/verification"))
+                            .json(&serde_json::json!({ "onboardingId": onboarding })),
+                    };
+                    let sent = Instant::now();
+                    match request.header("x-client-key", key.as_str()).send().await {
+                        Ok(r) if r.status() == 200 => {
+                            let _ = r.bytes().await;
+                            latencies.push(sent.elapsed());
+                        }
+                        _ => failures += 1,
+                    }
+                }
+                (latencies, failures)
+            }));
+        }
+        let mut latencies = Vec::with_capacity(requests);
+        let mut failures = 0;
+        for task in tasks {
+            let (l, f) = task.await.expect("load task");
+            latencies.extend(l);
+            failures += f;
+        }
+        let elapsed = started.elapsed();
+        latencies.sort();
+        println!(
+            "registration {}: {} ok, {failures} failed in {:.2}s = {:.0} requests/s; p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({concurrency} connections)",
+            endpoint.name(),
+            latencies.len(),
+            elapsed.as_secs_f64(),
+            latencies.len() as f64 / elapsed.as_secs_f64(),
+            percentile_ms(&latencies, 50.0),
+            percentile_ms(&latencies, 99.0),
+            latencies
+                .last()
+                .copied()
+                .unwrap_or(Duration::ZERO)
+                .as_secs_f64()
+                * 1000.0,
+        );
+    }
+    drop((db, server));
+    deployment.clean_up().await;
+}
+
+#[derive(Clone, Copy)]
+enum Endpoint {
+    Status,
+    Reuse,
+}
+
+impl Endpoint {
+    fn name(self) -> &'static str {
+        match self {
+            Endpoint::Status => "GET /v1/auth/register/status",
+            Endpoint::Reuse => "POST /v1/auth/register/verification (reuse)",
+        }
+    }
+}
