@@ -24,11 +24,13 @@ const HTTP_POOL_SIZE: usize = 16;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A running process: its tasks, and the token that stops them.
+/// A running process: its tasks, the token that stops them, and the broker connection's own
+/// token, cancelled last so that in-flight work can still ack and publish while it drains.
 pub struct Service {
     http_addr: Option<SocketAddr>,
     server: Option<ServerHandle>,
     stop: CancellationToken,
+    broker_stop: CancellationToken,
     tasks: JoinSet<Result<(), BoxError>>,
 }
 
@@ -47,7 +49,12 @@ impl Service {
     pub fn start(config: &Config, dev: bool, roles: Roles) -> Result<Self, BoxError> {
         let integrations = config.integrations(dev)?;
         let stop = CancellationToken::new();
-        let broker = Broker::start(config.amqp_url.clone(), topology(config), stop.clone());
+        let broker_stop = CancellationToken::new();
+        let broker = Broker::start(
+            config.amqp_url.clone(),
+            topology(config),
+            broker_stop.clone(),
+        );
         let metrics = Arc::new(Metrics::new());
         let mut tasks = JoinSet::new();
         let http_addr = roles
@@ -121,6 +128,7 @@ impl Service {
             http_addr,
             server,
             stop,
+            broker_stop,
             tasks,
         })
     }
@@ -157,6 +165,7 @@ impl Service {
                 tracing::warn!(error = %e, "task ended with an error during shutdown");
             }
         }
+        self.broker_stop.cancel();
     }
 }
 

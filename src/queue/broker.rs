@@ -84,6 +84,11 @@ impl Broker {
             .is_some_and(|l| l.connection.status().connected() && l.publisher.status().connected())
     }
 
+    /// The connection if there is one now, without waiting.
+    pub fn connection_now(&self) -> Option<Arc<Connection>> {
+        self.current().map(|link| link.connection)
+    }
+
     /// Waits until connected, and returns the connection (e.g. to open consumer channels).
     /// `None` once the broker handle is stopped.
     pub async fn connection(&self) -> Option<Arc<Connection>> {

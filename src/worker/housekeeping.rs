@@ -36,7 +36,7 @@ impl Worker {
     }
 
     async fn sample_queue_depths(&self) {
-        let Some(connection) = self.broker.connection().await else {
+        let Some(connection) = self.broker.connection_now() else {
             return;
         };
         let Ok(channel) = connection.create_channel().await else {

@@ -81,7 +81,11 @@ impl Worker {
         let recorder = tokio::spawn(Arc::clone(&self).run_recorder(stop.clone()));
         let housekeeping = tokio::spawn(Arc::clone(&self).run_housekeeping(stop.clone()));
         while !stop.is_cancelled() {
-            let Some(connection) = self.broker.connection().await else {
+            let connection = tokio::select! {
+                connection = self.broker.connection() => connection,
+                () = stop.cancelled() => None,
+            };
+            let Some(connection) = connection else {
                 break;
             };
             if let Err(error) = self.consume(&connection, &stop).await {

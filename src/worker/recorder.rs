@@ -28,7 +28,11 @@ const BROKER_REASON: &str = "DELIVERY_LIMIT";
 impl Worker {
     pub(super) async fn run_recorder(self: Arc<Self>, stop: CancellationToken) {
         while !stop.is_cancelled() {
-            let Some(connection) = self.broker.connection().await else {
+            let connection = tokio::select! {
+                connection = self.broker.connection() => connection,
+                () = stop.cancelled() => None,
+            };
+            let Some(connection) = connection else {
                 break;
             };
             if let Err(error) = self.record_dead_letters(&connection, &stop).await {

@@ -307,6 +307,12 @@ async fn broker_loss_answers_503_and_recovers_without_restart() {
     assert_eq!(post().await.status(), 200);
 
     proxy.cut();
+    // Once the service has noticed, nothing can be in flight to the broker: every answer is 503.
+    eventually(Duration::from_secs(10), "readiness to fail", || async {
+        let status = app.http.get(app.url("/readyz")).send().await.ok()?.status();
+        (status == 503).then_some(())
+    })
+    .await;
     for _ in 0..3 {
         assert_eq!(
             post().await.status(),
@@ -314,11 +320,6 @@ async fn broker_loss_answers_503_and_recovers_without_restart() {
             "never 200 while the broker is away"
         );
     }
-    eventually(Duration::from_secs(10), "readiness to fail", || async {
-        let status = app.http.get(app.url("/readyz")).send().await.ok()?.status();
-        (status == 503).then_some(())
-    })
-    .await;
 
     proxy.restore();
     eventually(Duration::from_secs(30), "ingest to recover", || async {

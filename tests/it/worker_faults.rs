@@ -260,9 +260,6 @@ async fn a_graceful_stop_mid_burst_loses_nothing_and_applies_nothing_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: on shutdown the broker closes the connection while the worker drains, \
-            so the acks of the last committed batches are lost (lapin returns Ok(false)); \
-            fix in src/app.rs: give the broker a token cancelled after the tasks are joined"]
 async fn a_graceful_stop_acks_every_message_it_applied() {
     let (app, _v, applied) = stop_a_worker_mid_burst().await;
     let ready = ready_after_stop(&app, applied).await;
