@@ -101,6 +101,9 @@ pub struct Spawn<'a> {
     pub database_via: Option<&'a Proxy>,
     pub amqp_url: &'a str,
     pub args: &'a [&'a str],
+    /// `kyc run --dev`: the local Veriff stand-in at /dev/veriff (the default Veriff base URL
+    /// then points at it).
+    pub dev: bool,
 }
 
 impl Default for Spawn<'_> {
@@ -112,6 +115,7 @@ impl Default for Spawn<'_> {
             database_via: None,
             amqp_url: AMQP_URL,
             args: &[],
+            dev: false,
         }
     }
 }
@@ -151,7 +155,7 @@ impl TestApp {
             http,
             worker: spawn.worker,
         };
-        let service = Service::start(&config, false, roles).expect("service starts");
+        let service = Service::start(&config, spawn.dev, roles).expect("service starts");
         let base_url = service
             .http_addr()
             .map(|a| format!("http://{a}"))

@@ -5,7 +5,9 @@ use std::process::{Child, Command, Stdio};
 
 use kyc::config::Config;
 
-use super::{ARCHIVE_KEY, EU_API_KEY, EU_SECRET, US_API_KEY, US_SECRET};
+use super::{
+    ARCHIVE_KEY, EU_API_KEY, EU_SECRET, JWT_AUDIENCE, JWT_SECRET, URL_KEY, US_API_KEY, US_SECRET,
+};
 
 /// A running `kyc worker`; killed (SIGKILL) when dropped.
 pub struct WorkerProcess {
@@ -63,4 +65,54 @@ impl Drop for WorkerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `kyc …` as an operator runs it against the deployment `config` describes: the same
+/// database, broker, queue prefix, secrets and policy as `harness::test_config`, through the
+/// environment only (other `KYC_…` variables of the test process are removed). Add the
+/// subcommand's arguments; stdin is closed.
+pub fn kyc_command(config: &Config) -> Command {
+    let delays: Vec<String> = config
+        .retry_delays
+        .0
+        .iter()
+        .map(|d| format!("{}s", d.as_secs()))
+        .collect();
+    let codes: Vec<String> = config
+        .blocking_reason_codes
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kyc"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("KYC_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env("KYC_DATABASE_URL", &config.database_url)
+        .env("KYC_AMQP_URL", &config.amqp_url)
+        .env("KYC_QUEUE_PREFIX", &config.queue_prefix)
+        .env("KYC_HTTP_ADDR", config.http_addr.to_string())
+        .env("KYC_VERIFF_API_KEY", EU_API_KEY)
+        .env("KYC_VERIFF_SHARED_SECRETS", EU_SECRET)
+        .env("KYC_VERIFF_US_API_KEY", US_API_KEY)
+        .env("KYC_VERIFF_US_SHARED_SECRETS", US_SECRET)
+        .env("KYC_JWT_SECRET", JWT_SECRET)
+        .env("KYC_JWT_AUDIENCE", JWT_AUDIENCE)
+        .env("KYC_URL_ENCRYPTION_KEY", URL_KEY)
+        .env("KYC_ARCHIVE_ENCRYPTION_KEY", ARCHIVE_KEY)
+        .env("KYC_RETRY_DELAYS", delays.join(","))
+        .env("KYC_BLOCKING_REASON_CODES", codes.join(","))
+        .env(
+            "KYC_MAX_VERIFICATION_ATTEMPTS",
+            config.max_verification_attempts.to_string(),
+        )
+        .env("KYC_LOG_FORMAT", "pretty")
+        .stdin(Stdio::null());
+    if let Some(callback) = &config.veriff_callback_url {
+        command.env("KYC_VERIFF_CALLBACK_URL", callback);
+    }
+    command
 }
