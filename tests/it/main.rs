@@ -4,6 +4,7 @@
 mod harness;
 mod ingest;
 mod migrate;
+mod oncall;
 mod registration;
 mod worker;
 mod worker_concurrency;
