@@ -2,8 +2,8 @@
 //! several instances side by side). Labels never carry payload content.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -20,6 +20,8 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     /// Dead letters recorded into the dead_letters table, by reason.
     pub dead_letters_recorded: IntCounterVec,
+    /// Status requests waiting for a change (`Prefer: wait`).
+    pub status_waiters: IntGauge,
 }
 
 impl Metrics {
@@ -75,6 +77,9 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let status_waiters =
+            IntGauge::new("kyc_status_waiters", "Status requests waiting for a change")
+                .expect("valid metric");
         for metric in [
             Box::new(webhooks.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(publish_confirm_seconds.clone()),
@@ -82,6 +87,7 @@ impl Metrics {
             Box::new(apply_seconds.clone()),
             Box::new(queue_depth.clone()),
             Box::new(dead_letters_recorded.clone()),
+            Box::new(status_waiters.clone()),
         ] {
             registry.register(metric).expect("unique metric");
         }
@@ -93,6 +99,7 @@ impl Metrics {
             apply_seconds,
             queue_depth,
             dead_letters_recorded,
+            status_waiters,
         }
     }
 

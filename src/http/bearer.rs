@@ -1,5 +1,6 @@
 //! Bearer tokens for the user endpoints: only the configured algorithm (never `none`, no
-//! HS/RS confusion), `exp` and `aud` required, `iss` when configured, `sub` is the user id.
+//! HS/RS confusion), `exp` and `aud` required, `iss` when configured, `nbf` honoured when
+//! present, `sub` is the user id.
 
 use actix_web::http::header::{AUTHORIZATION, HeaderMap};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
@@ -37,6 +38,8 @@ impl BearerAuth {
             ),
         };
         let mut validation = Validation::new(algorithm);
+        // A token is not accepted before its `nbf` (RFC 7519 4.1.5); the library skips it by default.
+        validation.validate_nbf = true;
         validation.set_audience(&[settings.audience]);
         let mut required = vec!["exp", "aud", "sub"];
         if let Some(issuer) = settings.issuer {

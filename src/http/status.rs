@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
+use super::AppState;
 use super::clients::Limit;
-use super::{AppState, Registration};
 use crate::error::{ApiError, Problem};
 use crate::storage::notifications::Notice;
 use crate::storage::registration::{self as reg, Status};
@@ -63,7 +63,7 @@ pub async fn onboarding_status(
         .ok_or(ApiError::InvalidRequest("onboardingId must be a UUID"))?;
     api.limiter
         .check(client.id, onboarding, Limit::StatusPoll)?;
-    respond(&req, api, || async {
+    respond(&req, &state, || async {
         let db = api.pool.get().await?;
         if reg::onboarding(&db, onboarding, client.id).await?.is_none() {
             return Err(ApiError::OnboardingNotFound);
@@ -94,7 +94,7 @@ pub async fn user_status(
 ) -> Result<HttpResponse, ApiError> {
     let api = &state.registration;
     let user = api.bearer.user(req.headers())?;
-    respond(&req, api, || async {
+    respond(&req, &state, || async {
         let db = api.pool.get().await?;
         Ok(reg::user_status(&db, &user).await?)
     })
@@ -104,7 +104,7 @@ pub async fn user_status(
 /// Answers with the status and its ETag, or 304, waiting for a change when asked to.
 async fn respond<F, Fut>(
     req: &HttpRequest,
-    api: &Registration,
+    state: &AppState,
     read: F,
 ) -> Result<HttpResponse, ApiError>
 where
@@ -112,7 +112,7 @@ where
     Fut: Future<Output = Result<(Option<Uuid>, Status), ApiError>>,
 {
     // Subscribed before the first read, so no change can slip between read and wait.
-    let mut notices = api.notifier.subscribe();
+    let mut notices = state.registration.notifier.subscribe();
     let (mut verification, status) = read().await?;
     let mut etag = etag_of(&status);
     let presented = req
@@ -126,6 +126,7 @@ where
         return Ok(not_modified(&etag));
     };
     let deadline = tokio::time::Instant::now() + wait;
+    let _waiting = Waiting::start(&state.metrics.status_waiters);
     loop {
         let notice = tokio::time::timeout_at(deadline, notices.recv()).await;
         let relevant = match notice {
@@ -172,4 +173,20 @@ fn not_modified(etag: &str) -> HttpResponse {
         .insert_header((ETAG, etag.to_owned()))
         .insert_header((CACHE_CONTROL, "no-cache"))
         .finish()
+}
+
+/// Counts a waiting request for as long as it waits.
+struct Waiting<'a>(&'a prometheus::IntGauge);
+
+impl<'a> Waiting<'a> {
+    fn start(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Transaction};
 use sha2::{Digest, Sha256};
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::veriff::signature::Integration;
@@ -15,6 +16,34 @@ pub struct ApiClient {
     pub us_enabled: bool,
 }
 
+/// Statements are prepared once per pooled connection: these endpoints are polled.
+async fn query_opt(
+    db: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+    let statement = db.prepare_cached(sql).await?;
+    db.query_opt(&statement, params).await
+}
+
+async fn query_one(
+    db: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
+    let statement = db.prepare_cached(sql).await?;
+    db.query_one(&statement, params).await
+}
+
+async fn execute(
+    db: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, tokio_postgres::Error> {
+    let statement = db.prepare_cached(sql).await?;
+    db.execute(&statement, params).await
+}
+
 pub fn key_digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
@@ -24,12 +53,12 @@ pub async fn active_client(
     db: &impl GenericClient,
     digest: &[u8; 32],
 ) -> Result<Option<ApiClient>, tokio_postgres::Error> {
-    let row = db
-        .query_opt(
-            "SELECT id, us_enabled FROM api_clients WHERE key_sha256 = $1 AND revoked_at IS NULL",
-            &[&digest.as_slice()],
-        )
-        .await?;
+    let row = query_opt(
+        db,
+        "SELECT id, us_enabled FROM api_clients WHERE key_sha256 = $1 AND revoked_at IS NULL",
+        &[&digest.as_slice()],
+    )
+    .await?;
     Ok(row.map(|r| ApiClient {
         id: r.get(0),
         us_enabled: r.get(1),
@@ -49,13 +78,13 @@ pub async fn onboarding(
     id: Uuid,
     client: Uuid,
 ) -> Result<Option<Onboarding>, tokio_postgres::Error> {
-    let row = db
-        .query_opt(
-            "SELECT phone_verified_at IS NOT NULL, expires_at, completed_at IS NOT NULL, user_id
+    let row = query_opt(
+        db,
+        "SELECT phone_verified_at IS NOT NULL, expires_at, completed_at IS NOT NULL, user_id
              FROM onboardings WHERE id = $1 AND client_id = $2",
-            &[&id, &client],
-        )
-        .await?;
+        &[&id, &client],
+    )
+    .await?;
     Ok(row.map(|r| Onboarding {
         phone_verified: r.get(0),
         expires_at: r.get(1),
@@ -71,18 +100,19 @@ pub async fn verification_of_onboarding(
     user_id: Option<&str>,
     region: Integration,
 ) -> Result<Uuid, tokio_postgres::Error> {
-    tx.execute(
+    execute(
+        tx,
         "INSERT INTO verifications (id, onboarding_id, user_id, region, state, retry)
          VALUES ($1, $2, $3, $4, 'UNVERIFIED', 'NONE') ON CONFLICT (onboarding_id) DO NOTHING",
         &[&Uuid::new_v4(), &onboarding, &user_id, &region.as_str()],
     )
     .await?;
-    let row = tx
-        .query_one(
-            "SELECT id FROM verifications WHERE onboarding_id = $1",
-            &[&onboarding],
-        )
-        .await?;
+    let row = query_one(
+        tx,
+        "SELECT id FROM verifications WHERE onboarding_id = $1",
+        &[&onboarding],
+    )
+    .await?;
     Ok(row.get(0))
 }
 
@@ -99,14 +129,14 @@ pub async fn current_session(
     tx: &Transaction<'_>,
     verification: Uuid,
 ) -> Result<Option<CurrentSession>, tokio_postgres::Error> {
-    let row = tx
-        .query_opt(
-            "SELECT s.id, s.status, s.url_ciphertext, s.expires_at FROM sessions s
+    let row = query_opt(
+        tx,
+        "SELECT s.id, s.status, s.url_ciphertext, s.expires_at FROM sessions s
              JOIN inputs i ON i.session_id = s.id AND i.kind = 'session_created'
              WHERE s.verification_id = $1 ORDER BY i.id DESC LIMIT 1",
-            &[&verification],
-        )
-        .await?;
+        &[&verification],
+    )
+    .await?;
     Ok(row.map(|r| CurrentSession {
         id: r.get(0),
         status: r.get(1),
@@ -145,8 +175,7 @@ pub async fn onboarding_status(
     db: &impl GenericClient,
     onboarding: Uuid,
 ) -> Result<(Option<Uuid>, Status), tokio_postgres::Error> {
-    let row = db
-        .query_opt(
+    let row = query_opt(db,
             "SELECT id, state, retry, reason_code, reason, updated_at FROM verifications WHERE onboarding_id = $1",
             &[&onboarding],
         )
@@ -161,8 +190,7 @@ async fn newest_onboarding(
     db: &impl GenericClient,
     user: &str,
 ) -> Result<Option<Uuid>, tokio_postgres::Error> {
-    let row = db
-        .query_opt(
+    let row = query_opt(db,
             "SELECT id FROM onboardings WHERE user_id = $1 ORDER BY created_at DESC NULLS LAST, id DESC LIMIT 1",
             &[&user],
         )
@@ -179,18 +207,18 @@ pub async fn verification_of_user(
     if let Some(onboarding) = newest_onboarding(tx, user).await? {
         return verification_of_onboarding(tx, onboarding, Some(user), Integration::Eu).await;
     }
-    tx.execute(
+    execute(tx,
         "INSERT INTO verifications (id, user_id, region, state, retry) VALUES ($1, $2, 'EU', 'UNVERIFIED', 'NONE')
          ON CONFLICT (user_id) WHERE onboarding_id IS NULL DO NOTHING",
         &[&Uuid::new_v4(), &user],
     )
     .await?;
-    let row = tx
-        .query_one(
-            "SELECT id FROM verifications WHERE user_id = $1 AND onboarding_id IS NULL",
-            &[&user],
-        )
-        .await?;
+    let row = query_one(
+        tx,
+        "SELECT id FROM verifications WHERE user_id = $1 AND onboarding_id IS NULL",
+        &[&user],
+    )
+    .await?;
     Ok(row.get(0))
 }
 
@@ -202,13 +230,13 @@ pub async fn user_status(
     if let Some(onboarding) = newest_onboarding(db, user).await? {
         return onboarding_status(db, onboarding).await;
     }
-    let row = db
-        .query_opt(
-            "SELECT id, state, retry, reason_code, reason, updated_at FROM verifications
+    let row = query_opt(
+        db,
+        "SELECT id, state, retry, reason_code, reason, updated_at FROM verifications
              WHERE user_id = $1 AND onboarding_id IS NULL",
-            &[&user],
-        )
-        .await?;
+        &[&user],
+    )
+    .await?;
     Ok(row.map_or((None, Status::unverified()), |r| {
         (Some(r.get(0)), status_of(&r))
     }))
