@@ -61,7 +61,7 @@ async fn main() {
         let started = Instant::now();
         let next = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
-        for onboarding in onboardings.iter().copied() {
+        for &onboarding in &onboardings {
             let (next, key, base) = (Arc::clone(&next), Arc::clone(&key), base.clone());
             tasks.push(tokio::spawn(async move {
                 let client = kyc::tls::client_builder()
