@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use actix_web::http::header::HeaderMap;
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
@@ -29,8 +30,11 @@ pub struct ClientKeys {
 }
 
 impl ClientKeys {
-    pub async fn resolve(&self, pool: &Pool, key: Option<&str>) -> Result<ApiClient, ApiError> {
-        let key = key
+    /// The client whose key is in the request's `x-client-key` header.
+    pub async fn resolve(&self, pool: &Pool, headers: &HeaderMap) -> Result<ApiClient, ApiError> {
+        let key = headers
+            .get("x-client-key")
+            .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|k| !k.is_empty())
             .ok_or(ApiError::InvalidClientKey)?;

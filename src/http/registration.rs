@@ -60,11 +60,7 @@ pub async fn create(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let api = &state.registration;
-    let key = req
-        .headers()
-        .get("x-client-key")
-        .and_then(|v| v.to_str().ok());
-    let client = api.clients.resolve(&api.pool, key).await?;
+    let client = api.clients.resolve(&api.pool, req.headers()).await?;
 
     let body = read_limited(req.headers(), body, BODY_LIMIT).await?;
     let request: serde_json::Value = serde_json::from_slice(&body).map_err(|_| {

@@ -51,11 +51,7 @@ pub async fn onboarding_status(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let api = &state.registration;
-    let key = req
-        .headers()
-        .get("x-client-key")
-        .and_then(|v| v.to_str().ok());
-    let client = api.clients.resolve(&api.pool, key).await?;
+    let client = api.clients.resolve(&api.pool, req.headers()).await?;
     let onboarding = query
         .onboarding_id
         .as_deref()

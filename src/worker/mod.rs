@@ -8,6 +8,7 @@ mod housekeeping;
 mod reconcile;
 mod recorder;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +81,27 @@ impl Worker {
     pub async fn run(self: Arc<Self>, stop: CancellationToken) -> Result<(), BoxError> {
         let recorder = tokio::spawn(Arc::clone(&self).run_recorder(stop.clone()));
         let housekeeping = tokio::spawn(Arc::clone(&self).run_housekeeping(stop.clone()));
+        let (worker, token) = (&self, &stop);
+        worker
+            .on_every_connection("worker", token, move |connection| async move {
+                worker.consume(&connection, token).await
+            })
+            .await;
+        let _ = tokio::join!(recorder, housekeeping);
+        Ok(())
+    }
+
+    /// Runs a consumer loop on the broker's connection, again on each new connection after a
+    /// failure, until `stop`.
+    pub(super) async fn on_every_connection<F, Fut>(
+        &self,
+        what: &str,
+        stop: &CancellationToken,
+        consume: F,
+    ) where
+        F: Fn(Arc<Connection>) -> Fut,
+        Fut: Future<Output = lapin::Result<()>>,
+    {
         while !stop.is_cancelled() {
             let connection = tokio::select! {
                 connection = self.broker.connection() => connection,
@@ -88,19 +110,17 @@ impl Worker {
             let Some(connection) = connection else {
                 break;
             };
-            if let Err(error) = self.consume(&connection, &stop).await {
+            if let Err(error) = consume(connection).await {
                 if stop.is_cancelled() {
                     break;
                 }
-                tracing::warn!(%error, "worker lost its channel; resuming");
+                tracing::warn!(%error, "{what} lost its channel; resuming");
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_millis(200)) => {}
                     () = stop.cancelled() => {}
                 }
             }
         }
-        let _ = tokio::join!(recorder, housekeeping);
-        Ok(())
     }
 
     async fn consume(

@@ -27,25 +27,12 @@ const BROKER_REASON: &str = "DELIVERY_LIMIT";
 
 impl Worker {
     pub(super) async fn run_recorder(self: Arc<Self>, stop: CancellationToken) {
-        while !stop.is_cancelled() {
-            let connection = tokio::select! {
-                connection = self.broker.connection() => connection,
-                () = stop.cancelled() => None,
-            };
-            let Some(connection) = connection else {
-                break;
-            };
-            if let Err(error) = self.record_dead_letters(&connection, &stop).await {
-                if stop.is_cancelled() {
-                    break;
-                }
-                tracing::warn!(%error, "dead-letter recorder lost its channel; resuming");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
-                    () = stop.cancelled() => {}
-                }
-            }
-        }
+        let (worker, stop) = (&self, &stop);
+        worker
+            .on_every_connection("dead-letter recorder", stop, move |connection| async move {
+                worker.record_dead_letters(&connection, stop).await
+            })
+            .await;
     }
 
     async fn record_dead_letters(
