@@ -1,8 +1,10 @@
 //! A fake of Veriff's station API for the registration tests: it records every
 //! `POST /v1/sessions` (headers and JSON body) and answers as the test switches it to
-//! (201, 200, 500, or never), and answers `GET /v1/sessions/{id}/decision` with a set body.
+//! (201, 200, 500, or never), and answers `GET /v1/sessions/{id}/decision` with a set body
+//! (per session, when set for one).
 //! It runs on the test's runtime (one worker, port 0) and stops when dropped.
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -82,6 +84,8 @@ struct State {
     delay: Duration,
     sessions: Vec<SessionRequest>,
     decision: (u16, serde_json::Value),
+    /// Answers for particular sessions, before `decision`.
+    decision_for: HashMap<String, (u16, serde_json::Value)>,
     decisions: Vec<DecisionRequest>,
 }
 
@@ -170,11 +174,16 @@ async fn decision(
     shared: web::Data<Shared>,
 ) -> HttpResponse {
     let mut state = shared.lock();
+    let session_id = id.into_inner();
+    let (status, body) = state
+        .decision_for
+        .get(&session_id)
+        .unwrap_or(&state.decision)
+        .clone();
     state.decisions.push(DecisionRequest {
-        session_id: id.into_inner(),
+        session_id,
         headers: headers_of(&req),
     });
-    let (status, body) = state.decision.clone();
     HttpResponse::build(
         actix_web::http::StatusCode::from_u16(status).expect("a valid decision status"),
     )
@@ -192,6 +201,7 @@ impl FakeVeriff {
                 200,
                 serde_json::json!({"status": "success", "verification": null}),
             ),
+            decision_for: HashMap::new(),
             decisions: Vec::new(),
         })));
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake Veriff");
@@ -232,6 +242,15 @@ impl FakeVeriff {
     /// What `GET /v1/sessions/{id}/decision` answers.
     pub fn set_decision(&self, status: u16, body: serde_json::Value) {
         self.shared.lock().decision = (status, body);
+    }
+
+    /// What `GET /v1/sessions/{id}/decision` answers for this session (others get the
+    /// answer of `set_decision`).
+    pub fn set_decision_for(&self, session_id: &str, status: u16, body: serde_json::Value) {
+        self.shared
+            .lock()
+            .decision_for
+            .insert(session_id.to_owned(), (status, body));
     }
 
     /// Every `POST /v1/sessions` so far, oldest first.
