@@ -74,6 +74,11 @@ async fn create(database_url: &str, args: &[&str]) -> (Client, String) {
         1,
         "the key appears once: {printed}"
     );
+    assert!(
+        !stderr(&output).contains(&key),
+        "the key is not logged: {}",
+        stderr(&output)
+    );
     (Client { id, key }, printed)
 }
 
