@@ -6,6 +6,7 @@ mod harness;
 mod ingest;
 mod migrate;
 mod oncall;
+mod ops;
 mod reconciliation;
 mod registration;
 mod user_verification;
