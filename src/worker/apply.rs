@@ -14,6 +14,7 @@ use crate::queue::message::{
 };
 use crate::state_machine::DecisionStatus;
 use crate::storage::verifications::{self as store, InputKind, NewInput};
+use crate::veriff::client::SESSION_LIFETIME;
 use crate::veriff::payload::{self, Facts, What};
 use crate::veriff::signature::{Integration, RawWebhook, SignatureHeaders};
 use crate::veriff::{Kind, dedup};
@@ -148,7 +149,17 @@ impl Worker {
                 continue;
             }
             if !owners.contains_key(session) {
-                store::record_session(&tx, verification, session, "adopted", None, None).await?;
+                // Its creation time is unknown: reconciliation counts its lifetime from now.
+                let expires_at = Utc::now() + SESSION_LIFETIME;
+                store::record_session(
+                    &tx,
+                    verification,
+                    session,
+                    "adopted",
+                    None,
+                    Some(expires_at),
+                )
+                .await?;
                 owners.insert(session.clone(), verification.id);
                 tracing::info!(%session, verification = %verification.id, "adopted a session through vendorData");
             }
