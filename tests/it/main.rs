@@ -9,6 +9,7 @@ mod oncall;
 mod ops;
 mod reconciliation;
 mod registration;
+mod url_secrecy;
 mod user_verification;
 mod worker;
 mod worker_concurrency;
