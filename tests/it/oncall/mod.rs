@@ -9,8 +9,7 @@ mod dlq;
 mod replay;
 mod trigger;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdout, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -96,34 +95,6 @@ pub async fn kyc(app: &TestApp, args: &[&str]) -> Ran {
         stdout: String::from_utf8(output.stdout).expect("stdout is UTF-8"),
         stderr: String::from_utf8(output.stderr).expect("stderr is UTF-8"),
     }
-}
-
-/// Reads `child`'s stdout until a line satisfies `until`; returns the lines read and the
-/// rest of stdout, to be dropped only once the child is done with (a closed pipe would make
-/// its next line fail).
-pub async fn read_until(
-    child: &mut Child,
-    until: fn(&str) -> bool,
-) -> (Vec<String>, BufReader<ChildStdout>) {
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let read = tokio::task::spawn_blocking(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut lines = Vec::new();
-        loop {
-            let mut line = String::new();
-            let n = reader.read_line(&mut line).expect("a line of stdout");
-            assert!(n > 0, "stdout ended before the line came: {lines:?}");
-            let done = until(&line);
-            lines.push(line);
-            if done {
-                return (lines, reader);
-            }
-        }
-    });
-    tokio::time::timeout(WAIT, read)
-        .await
-        .expect("the line came in time")
-        .expect("the reading thread")
 }
 
 /// A row of `dead_letters`, as the CLI addresses it.
