@@ -300,6 +300,18 @@ async fn show_prints_headers_and_facts_without_personal_data_and_raw_is_audited(
     assert!(expired.stdout.contains("past retention"), "{expired:#?}");
     assert!(expired.stdout.contains("UNKNOWN_STATUS"), "{expired:#?}");
     assert!(!expired.stdout.contains("MCTESTFACE"), "{expired:#?}");
+    let replay = kyc(&app, &["dlq", "replay", "--id", &id]).await.ok();
+    assert!(
+        replay
+            .stdout
+            .contains(&format!("{id}  not replayed: body past retention"))
+            && replay.stdout.contains("0 replayed, 1 past retention"),
+        "{replay:#?}"
+    );
+    assert!(
+        letters(&app).await.iter().all(|l| l.replayed_at.is_none()),
+        "nothing was replayed"
+    );
 
     let missing = kyc(&app, &["dlq", "show", &Uuid::new_v4().to_string()])
         .await
