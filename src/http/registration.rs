@@ -100,6 +100,18 @@ pub async fn create(
         Integration::Eu
     };
 
+    // Most calls come back for a session that is still usable: answered without a lock or a
+    // write. (A session that turns final meanwhile is the same race as a request a moment earlier.)
+    if let (Some(id), status) = reg::onboarding_status(&db, onboarding_id).await? {
+        refuse_by_state(&status.state, &status.retry)?;
+        if let Some(answer) = reg::current_session(&db, id)
+            .await?
+            .and_then(|s| api.reusable(s))
+        {
+            return Ok(HttpResponse::Ok().json(answer));
+        }
+    }
+
     // The verification's lock is held across Veriff's call: a concurrent request waits and
     // then reuses the session this one creates, so two calls never create two sessions.
     let tx = db.transaction().await?;
@@ -109,15 +121,20 @@ pub async fn create(
     let verification = store::lock(&tx, id)
         .await?
         .ok_or(ApiError::DatabaseUnavailable)?;
-    match (verification.state(), verification.retry()) {
-        ("VERIFIED", _) => return Err(ApiError::AlreadyVerified),
-        (_, "BLOCKED") => return Err(ApiError::VerificationBlocked),
-        _ => {}
-    }
+    refuse_by_state(verification.state(), verification.retry())?;
     let answer = api
         .issue_session(tx, &verification, onboarding.user_id.as_deref())
         .await?;
     Ok(HttpResponse::Ok().json(answer))
+}
+
+/// A VERIFIED onboarding needs no session; a BLOCKED one may not have another.
+fn refuse_by_state(state: &str, retry: &str) -> Result<(), ApiError> {
+    match (state, retry) {
+        ("VERIFIED", _) => Err(ApiError::AlreadyVerified),
+        (_, "BLOCKED") => Err(ApiError::VerificationBlocked),
+        _ => Ok(()),
+    }
 }
 
 impl super::Registration {

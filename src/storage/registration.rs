@@ -126,11 +126,11 @@ pub struct CurrentSession {
 }
 
 pub async fn current_session(
-    tx: &Transaction<'_>,
+    db: &impl GenericClient,
     verification: Uuid,
 ) -> Result<Option<CurrentSession>, tokio_postgres::Error> {
     let row = query_opt(
-        tx,
+        db,
         "SELECT s.id, s.status, s.url_ciphertext, s.expires_at FROM sessions s
              JOIN inputs i ON i.session_id = s.id AND i.kind = 'session_created'
              WHERE s.verification_id = $1 ORDER BY i.id DESC LIMIT 1",
