@@ -490,6 +490,80 @@ mod tests {
         assert!(parse_codes("abc").is_err());
     }
 
+    fn parsed(args: &[&str]) -> Config {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            config: Config,
+        }
+        let mut all = vec!["kyc"];
+        all.extend_from_slice(args);
+        <Only as clap::Parser>::try_parse_from(all)
+            .map(|o| o.config)
+            .expect("valid flags")
+    }
+
+    #[test]
+    fn dev_refuses_anything_off_loopback() {
+        assert_eq!(parsed(&[]).check_dev_loopback(), Ok(()));
+        let cases = [
+            (["--http-addr", "0.0.0.0:8080"], "KYC_HTTP_ADDR"),
+            (
+                ["--database-url", "postgres://u@db.example.com/kyc"],
+                "KYC_DATABASE_URL",
+            ),
+            (
+                ["--amqp-url", "amqp://g:g@mq.example.com:5672/%2f"],
+                "KYC_AMQP_URL",
+            ),
+            (
+                ["--veriff-base-url", "https://stationapi.veriff.example"],
+                "KYC_VERIFF_BASE_URL",
+            ),
+            (
+                ["--veriff-us-base-url", "https://us.veriff.example"],
+                "KYC_VERIFF_US_BASE_URL",
+            ),
+        ];
+        for (args, variable) in cases {
+            assert_eq!(
+                parsed(&args).check_dev_loopback(),
+                Err(ConfigError::NotLoopback(variable))
+            );
+        }
+    }
+
+    #[test]
+    fn missing_secrets_name_their_variable_outside_dev() {
+        let bare = parsed(&[]);
+        assert_eq!(
+            bare.integrations(false).map(|_| ()),
+            Err(ConfigError::Missing("KYC_VERIFF_API_KEY"))
+        );
+        assert!(
+            bare.integrations(true).is_ok(),
+            "--dev fills in development secrets"
+        );
+        assert!(matches!(
+            bare.archive_cipher(false),
+            Err(ConfigError::Missing("KYC_ARCHIVE_ENCRYPTION_KEY"))
+        ));
+        let short = parsed(&["--archive-encryption-key", "c2hvcnQ="]);
+        assert!(matches!(
+            short.archive_cipher(false),
+            Err(ConfigError::Malformed("KYC_ARCHIVE_ENCRYPTION_KEY", _))
+        ));
+        assert!(matches!(
+            bare.jwt(false).map(|_| ()),
+            Err(ConfigError::Missing(_))
+        ));
+        let no_audience = parsed(&["--jwt-secret", "s"]);
+        assert!(matches!(
+            no_audience.jwt(false).map(|_| ()),
+            Err(ConfigError::Missing("KYC_JWT_AUDIENCE"))
+        ));
+    }
+
     #[test]
     fn loopback_hosts() {
         assert!(url_host_is_loopback(
