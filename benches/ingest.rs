@@ -6,9 +6,8 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use common::{Deployment, decision, env_or, percentile_ms, sign, wait_ready};
+use common::{Deployment, decision, env_or, load, sign, wait_ready};
 
 #[tokio::main]
 async fn main() {
@@ -36,63 +35,17 @@ async fn main() {
         bodies[0].0.len()
     );
 
-    let started = Instant::now();
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let (bodies, next, base) = (Arc::clone(&bodies), Arc::clone(&next), base.clone());
-        workers.push(tokio::spawn(async move {
-            let client = kyc::tls::client_builder()
-                .pool_max_idle_per_host(1)
-                .build()
-                .expect("client");
-            let url = format!("{base}/webhooks/veriff/decision");
-            let (mut latencies, mut failures) = (Vec::new(), 0usize);
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= requests {
-                    break;
-                }
-                let (body, sig) = &bodies[i % bodies.len()];
-                let sent = Instant::now();
-                let response = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .header("x-hmac-signature", sig)
-                    .body(body.clone())
-                    .send()
-                    .await;
-                match response {
-                    Ok(r) if r.status() == 200 => latencies.push(sent.elapsed()),
-                    _ => failures += 1,
-                }
-            }
-            (latencies, failures)
-        }));
-    }
-    let mut latencies = Vec::with_capacity(requests);
-    let mut failures = 0;
-    for worker in workers {
-        let (l, f) = worker.await.expect("load task");
-        latencies.extend(l);
-        failures += f;
-    }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    println!(
-        "ingest: {} accepted, {failures} failed in {:.2}s = {:.0} webhooks/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        latencies.len(),
-        elapsed.as_secs_f64(),
-        latencies.len() as f64 / elapsed.as_secs_f64(),
-        percentile_ms(&latencies, 50.0),
-        percentile_ms(&latencies, 99.0),
-        latencies
-            .last()
-            .copied()
-            .unwrap_or(Duration::ZERO)
-            .as_secs_f64()
-            * 1000.0,
-    );
+    let url = format!("{base}/webhooks/veriff/decision");
+    let report = load(concurrency, requests, move |client, _, i| {
+        let (body, signature) = &bodies[i % bodies.len()];
+        client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("x-hmac-signature", signature)
+            .body(body.clone())
+    })
+    .await;
+    report.print("ingest", "webhooks");
     drop(server);
     deployment.clean_up().await;
 }

@@ -8,10 +8,8 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
-use common::{Deployment, env_or, percentile_ms, wait_ready};
+use common::{Deployment, env_or, load, wait_ready};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
@@ -58,62 +56,27 @@ async fn main() {
 
     let key = Arc::new(key);
     for endpoint in [Endpoint::Status, Endpoint::Reuse] {
-        let started = Instant::now();
-        let next = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for &onboarding in &onboardings {
-            let (next, key, base) = (Arc::clone(&next), Arc::clone(&key), base.clone());
-            tasks.push(tokio::spawn(async move {
-                let client = kyc::tls::client_builder()
-                    .pool_max_idle_per_host(1)
-                    .build()
-                    .expect("client");
-                let mut latencies = Vec::new();
-                let mut failures = 0usize;
-                while next.fetch_add(1, Ordering::Relaxed) < requests {
-                    let request = match endpoint {
-                        Endpoint::Status => client.get(format!(
-                            "{base}/v1/auth/register/status?onboardingId={onboarding}"
-                        )),
-                        Endpoint::Reuse => client
-                            .post(format!("{base}/v1/auth/register/verification"))
-                            .json(&serde_json::json!({ "onboardingId": onboarding })),
-                    };
-                    let sent = Instant::now();
-                    match request.header("x-client-key", key.as_str()).send().await {
-                        Ok(r) if r.status() == 200 => {
-                            let _ = r.bytes().await;
-                            latencies.push(sent.elapsed());
-                        }
-                        _ => failures += 1,
-                    }
-                }
-                (latencies, failures)
-            }));
-        }
-        let mut latencies = Vec::with_capacity(requests);
-        let mut failures = 0;
-        for task in tasks {
-            let (l, f) = task.await.expect("load task");
-            latencies.extend(l);
-            failures += f;
-        }
-        let elapsed = started.elapsed();
-        latencies.sort();
-        println!(
-            "registration {}: {} ok, {failures} failed in {:.2}s = {:.0} requests/s; p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({concurrency} connections)",
-            endpoint.name(),
-            latencies.len(),
-            elapsed.as_secs_f64(),
-            latencies.len() as f64 / elapsed.as_secs_f64(),
-            percentile_ms(&latencies, 50.0),
-            percentile_ms(&latencies, 99.0),
-            latencies
-                .last()
-                .copied()
-                .unwrap_or(Duration::ZERO)
-                .as_secs_f64()
-                * 1000.0,
+        let (key, base, onboardings) = (Arc::clone(&key), base.clone(), onboardings.clone());
+        // Each connection polls its own onboarding.
+        let report = load(concurrency, requests, move |client, connection, _| {
+            let onboarding = onboardings[connection];
+            let request = match endpoint {
+                Endpoint::Status => client.get(format!(
+                    "{base}/v1/auth/register/status?onboardingId={onboarding}"
+                )),
+                Endpoint::Reuse => client
+                    .post(format!("{base}/v1/auth/register/verification"))
+                    .json(&serde_json::json!({ "onboardingId": onboarding })),
+            };
+            request.header("x-client-key", key.as_str())
+        })
+        .await;
+        report.print(
+            &format!(
+                "registration {} ({concurrency} connections)",
+                endpoint.name()
+            ),
+            "requests",
         );
     }
     drop((db, server));

@@ -180,3 +180,84 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// What a load run measured.
+pub struct Report {
+    /// Latencies of the 200 answers, sorted.
+    pub latencies: Vec<Duration>,
+    pub failures: usize,
+    pub elapsed: Duration,
+}
+
+impl Report {
+    pub fn print(&self, label: &str, unit: &str) {
+        println!(
+            "{label}: {} ok, {} failed in {:.2}s = {:.0} {unit}/s; p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            self.latencies.len(),
+            self.failures,
+            self.elapsed.as_secs_f64(),
+            self.latencies.len() as f64 / self.elapsed.as_secs_f64(),
+            percentile_ms(&self.latencies, 50.0),
+            percentile_ms(&self.latencies, 99.0),
+            self.latencies
+                .last()
+                .copied()
+                .unwrap_or_default()
+                .as_secs_f64()
+                * 1000.0,
+        );
+    }
+}
+
+/// Sends `requests` requests over `connections` keep-alive connections, as fast as they are
+/// answered. `request(client, connection, i)` builds the i-th request of a connection's turn.
+pub async fn load<F>(connections: usize, requests: usize, request: F) -> Report
+where
+    F: Fn(&reqwest::Client, usize, usize) -> reqwest::RequestBuilder + Send + Sync + 'static,
+{
+    let request = std::sync::Arc::new(request);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for connection in 0..connections {
+        let (request, next) = (
+            std::sync::Arc::clone(&request),
+            std::sync::Arc::clone(&next),
+        );
+        tasks.push(tokio::spawn(async move {
+            let client = kyc::tls::client_builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .expect("client");
+            let (mut latencies, mut failures) = (Vec::new(), 0usize);
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= requests {
+                    break;
+                }
+                let sent = Instant::now();
+                match request(&client, connection, i).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        let _ = r.bytes().await;
+                        latencies.push(sent.elapsed());
+                    }
+                    _ => failures += 1,
+                }
+            }
+            (latencies, failures)
+        }));
+    }
+    let mut report = Report {
+        latencies: Vec::with_capacity(requests),
+        failures: 0,
+        elapsed: Duration::ZERO,
+    };
+    for task in tasks {
+        let (latencies, failures) = task.await.expect("load task");
+        report.latencies.extend(latencies);
+        report.failures += failures;
+    }
+    report.elapsed = started.elapsed();
+    report.latencies.sort();
+    report
+}
