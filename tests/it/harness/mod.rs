@@ -122,7 +122,7 @@ impl Default for Spawn<'_> {
 
 impl TestApp {
     pub async fn start(spawn: Spawn<'_>) -> Self {
-        kyc::telemetry::init(kyc::config::LogFormat::Pretty);
+        init_logs();
         kyc::tls::install();
         let db = match spawn.worker || spawn.database {
             true => Some(TestDb::create().await),
@@ -317,6 +317,16 @@ impl Drop for TestApp {
         });
         let _ = cleanup.join();
     }
+}
+
+/// The service's logs go through the test writer: shown for a failing test, captured otherwise.
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 /// Polls `check` until it returns `Some`, failing the test after `timeout`.
