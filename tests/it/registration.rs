@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures_util::future::join_all;
-use reqwest::header::{CONTENT_TYPE, ETAG, IF_NONE_MATCH, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, IF_NONE_MATCH, RETRY_AFTER};
 use secrecy::SecretString;
 use uuid::Uuid;
 
@@ -16,7 +16,7 @@ use kyc::veriff::signature::{Integration, sign};
 
 use crate::harness::fake_veriff::{FakeVeriff, Mode};
 use crate::harness::registration::{
-    OnboardingSpec, SessionAnswer, VERIFF_TIMEOUT, problem, session_answer,
+    OnboardingSpec, SessionAnswer, VERIFF_TIMEOUT, polled, problem, session_answer,
 };
 use crate::harness::seed::{decision, event};
 use crate::harness::{EU_API_KEY, EU_SECRET, TestApp, US_API_KEY, US_SECRET, eventually};
@@ -935,53 +935,6 @@ async fn session_urls_appear_nowhere_in_the_database_in_plain_text() {
 // ---------------------------------------------------------------------------------------
 // GET /v1/auth/register/status
 // ---------------------------------------------------------------------------------------
-
-struct Polled {
-    status: u16,
-    etag: String,
-    body: Option<serde_json::Value>,
-}
-
-async fn polled(response: reqwest::Response) -> Polled {
-    let status = response.status().as_u16();
-    let etag = response
-        .headers()
-        .get(ETAG)
-        .expect("an ETag")
-        .to_str()
-        .expect("an ASCII ETag")
-        .to_owned();
-    let body = if status == 200 {
-        assert_eq!(
-            response
-                .headers()
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok()),
-            Some("application/json")
-        );
-        let json: serde_json::Value = response.json().await.expect("a JSON status");
-        let mut keys: Vec<&str> = json
-            .as_object()
-            .expect("an object")
-            .keys()
-            .map(String::as_str)
-            .collect();
-        keys.sort_unstable();
-        assert_eq!(
-            keys,
-            ["reason", "reasonCode", "retry", "state", "updatedAt"],
-            "{json}"
-        );
-        Some(json)
-    } else {
-        assert!(
-            response.bytes().await.expect("a body").is_empty(),
-            "a 304 has no body"
-        );
-        None
-    };
-    Polled { status, etag, body }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_has_an_etag_and_if_none_match_is_304() {

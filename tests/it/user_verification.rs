@@ -11,13 +11,15 @@ use chrono::Utc;
 use futures_util::future::join_all;
 use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, ETAG, IF_NONE_MATCH, WWW_AUTHENTICATE};
+use reqwest::header::{AUTHORIZATION, IF_NONE_MATCH, WWW_AUTHENTICATE};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::harness::fake_veriff::{FakeVeriff, Mode};
-use crate::harness::registration::{OnboardingSpec, SessionAnswer, problem, session_answer};
+use crate::harness::registration::{
+    OnboardingSpec, Polled, SessionAnswer, polled, problem, session_answer,
+};
 use crate::harness::seed::decision;
 use crate::harness::{JWT_AUDIENCE, JWT_SECRET, Spawn, TestApp};
 
@@ -713,56 +715,6 @@ async fn veriff_failing_is_500_provider_unavailable_and_nothing_is_stored() {
 // ---------------------------------------------------------------------------------------
 // GET /v1/user/verification/status
 // ---------------------------------------------------------------------------------------
-
-struct Polled {
-    status: u16,
-    etag: String,
-    body: Option<Value>,
-}
-
-/// A status answer: 200 with its JSON body (exactly the contract's fields), or 304 without
-/// a body; both with an ETag.
-async fn polled(response: reqwest::Response) -> Polled {
-    let status = response.status().as_u16();
-    assert!(status == 200 || status == 304, "status answered {status}");
-    let etag = response
-        .headers()
-        .get(ETAG)
-        .expect("an ETag")
-        .to_str()
-        .expect("an ASCII ETag")
-        .to_owned();
-    let body = if status == 200 {
-        assert_eq!(
-            response
-                .headers()
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok()),
-            Some("application/json")
-        );
-        let json: Value = response.json().await.expect("a JSON status");
-        let mut keys: Vec<&str> = json
-            .as_object()
-            .expect("an object")
-            .keys()
-            .map(String::as_str)
-            .collect();
-        keys.sort_unstable();
-        assert_eq!(
-            keys,
-            ["reason", "reasonCode", "retry", "state", "updatedAt"],
-            "{json}"
-        );
-        Some(json)
-    } else {
-        assert!(
-            response.bytes().await.expect("a body").is_empty(),
-            "a 304 has no body"
-        );
-        None
-    };
-    Polled { status, etag, body }
-}
 
 async fn user_status(app: &TestApp, token: &str, if_none_match: Option<&str>) -> Polled {
     let mut request = app

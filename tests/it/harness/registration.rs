@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use reqwest::header::CONTENT_TYPE;
+use reqwest::header::{CONTENT_TYPE, ETAG};
 use uuid::Uuid;
 
 use kyc::storage::registration::key_digest;
@@ -256,4 +256,54 @@ impl TestApp {
             .get(self.url(&format!("{STATUS}?onboardingId={onboarding}")))
             .header("x-client-key", key)
     }
+}
+
+pub struct Polled {
+    pub status: u16,
+    pub etag: String,
+    pub body: Option<serde_json::Value>,
+}
+
+/// A status answer: 200 with its JSON body (exactly the contract's fields), or 304 without
+/// a body; both with an ETag.
+pub async fn polled(response: reqwest::Response) -> Polled {
+    let status = response.status().as_u16();
+    assert!(status == 200 || status == 304, "status answered {status}");
+    let etag = response
+        .headers()
+        .get(ETAG)
+        .expect("an ETag")
+        .to_str()
+        .expect("an ASCII ETag")
+        .to_owned();
+    let body = if status == 200 {
+        assert_eq!(
+            response
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            Some("application/json")
+        );
+        let json: serde_json::Value = response.json().await.expect("a JSON status");
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["reason", "reasonCode", "retry", "state", "updatedAt"],
+            "{json}"
+        );
+        Some(json)
+    } else {
+        assert!(
+            response.bytes().await.expect("a body").is_empty(),
+            "a 304 has no body"
+        );
+        None
+    };
+    Polled { status, etag, body }
 }
