@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::http::{self, AppState, BearerAuth, ClientKeys, RateLimiter, Registration};
+use crate::http::{self, AppState, BearerAuth, ClientKeys, Ops, RateLimiter, Registration};
 use crate::metrics::Metrics;
 use crate::queue::{Broker, Topology};
 use crate::storage;
@@ -38,9 +38,11 @@ pub fn topology(config: &Config) -> Topology {
     Topology::new(config.queue_prefix.clone(), config.retry_delays.0.clone())
 }
 
-/// What a process runs: the HTTP side (on this listener), the worker, or both.
+/// What a process runs. The listener always serves the operational endpoints; with `api`
+/// also the webhooks and the registration API.
 pub struct Roles {
     pub http: Option<TcpListener>,
+    pub api: bool,
     pub worker: bool,
 }
 
@@ -78,11 +80,14 @@ impl Service {
             )
         };
 
+        let mut worker_pool = None;
         if roles.worker {
             let batches = usize::from(config.worker_concurrency);
+            // One connection per batch, one for the recorder, one for housekeeping.
+            let pool = storage::pool(&config.database_url, batches + 2)?;
+            worker_pool = Some(pool.clone());
             let worker = Arc::new(Worker {
-                // One connection per batch, one for the recorder, one for housekeeping.
-                pool: storage::pool(&config.database_url, batches + 2)?,
+                pool,
                 broker: broker.clone(),
                 integrations: integrations.clone(),
                 archive: config.archive_cipher(dev)?,
@@ -99,30 +104,45 @@ impl Service {
 
         let mut server = None;
         if let Some(listener) = roles.http {
-            let registration = Registration {
-                pool: storage::pool(&config.database_url, HTTP_POOL_SIZE)?,
-                veriff: veriff(Some(config.callback_url(dev, own_addr)?))?,
-                urls: config.url_cipher(dev)?,
-                policy: config.policy(),
-                clients: ClientKeys::default(),
-                limiter: RateLimiter::new(config.client_rate_limit),
-                notifier: Notifier::start(config.database_url.clone(), stop.clone()),
-                bearer: BearerAuth::new(config.jwt(dev)?)?,
+            let ops = Ops {
+                broker: broker.clone(),
+                metrics: Arc::clone(&metrics),
+                // Ingest needs only the broker; a worker needs the database too.
+                database: if roles.api { None } else { worker_pool },
             };
-            let standin = match dev {
-                true => Some(dev_standin(&integrations, own_addr)?),
-                false => None,
+            let running = if roles.api {
+                let registration = Registration {
+                    pool: storage::pool(&config.database_url, HTTP_POOL_SIZE)?,
+                    veriff: veriff(Some(config.callback_url(dev, own_addr)?))?,
+                    urls: config.url_cipher(dev)?,
+                    policy: config.policy(),
+                    clients: ClientKeys::default(),
+                    limiter: RateLimiter::new(config.client_rate_limit),
+                    notifier: Notifier::start(config.database_url.clone(), stop.clone()),
+                    bearer: BearerAuth::new(config.jwt(dev)?)?,
+                };
+                let standin = match dev {
+                    true => Some(dev_standin(&integrations, own_addr)?),
+                    false => None,
+                };
+                let state = AppState {
+                    integrations,
+                    broker,
+                    metrics,
+                    registration,
+                };
+                http::server(state, ops, standin, listener)?
+            } else {
+                http::ops_server(ops, listener)?
             };
-            let state = AppState {
-                integrations,
-                broker,
-                metrics,
-                registration,
-            };
-            let running = http::server(state, standin, listener)?;
             server = Some(running.handle());
             tasks.spawn(async move { running.await.map_err(BoxError::from) });
-            tracing::info!(addr = %own_addr, "serving HTTP");
+            let endpoints = if roles.api {
+                "the API and operational endpoints"
+            } else {
+                "operational endpoints"
+            };
+            tracing::info!(addr = %own_addr, endpoints, "serving HTTP");
         }
         Ok(Self {
             http_addr,

@@ -83,6 +83,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
         } => oncall::replay::run(&config, dev, session, since, until, dry_run).await,
         Command::Trigger(command) => oncall::trigger::run(&config, dev, command).await,
         Command::Serve => start(&config, dev, true, false).await,
+        // The worker's listener serves only /healthz, /readyz and /metrics.
         Command::Worker => start(&config, dev, false, true).await,
         Command::Run => {
             migrate(&config).await?;
@@ -100,15 +101,13 @@ async fn migrate(config: &Config) -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn start(config: &Config, dev: bool, http: bool, worker: bool) -> Result<(), BoxError> {
-    let http = match http {
-        true => Some(
-            TcpListener::bind(config.http_addr)
-                .map_err(|e| format!("cannot listen on KYC_HTTP_ADDR {}: {e}", config.http_addr))?,
-        ),
-        false => None,
+async fn start(config: &Config, dev: bool, api: bool, worker: bool) -> Result<(), BoxError> {
+    let listener = TcpListener::bind(config.http_addr)
+        .map_err(|e| format!("cannot listen on KYC_HTTP_ADDR {}: {e}", config.http_addr))?;
+    let roles = Roles {
+        http: Some(listener),
+        api,
+        worker,
     };
-    Service::start(config, dev, Roles { http, worker })?
-        .run_until_signal()
-        .await
+    Service::start(config, dev, roles)?.run_until_signal().await
 }

@@ -21,6 +21,7 @@ use futures_util::StreamExt;
 
 pub use bearer::BearerAuth;
 pub use clients::{ClientKeys, RateLimiter};
+pub use ops::Ops;
 
 use crate::crypto::Cipher;
 use crate::error::ApiError;
@@ -75,29 +76,50 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::get().to(status::user_status),
     )
     .route("/openapi.json", web::get().to(openapi::document))
-    .route("/healthz", web::get().to(ops::healthz))
-    .route("/readyz", web::get().to(ops::readyz))
-    .route("/metrics", web::get().to(ops::metrics));
+    .configure(ops_routes);
+}
+
+fn ops_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(ops::healthz))
+        .route("/readyz", web::get().to(ops::readyz))
+        .route("/metrics", web::get().to(ops::metrics));
 }
 
 /// Binds the server to an already-open listener (port 0 in tests).
 /// `standin` mounts the local Veriff stand-in (`--dev` only).
 pub fn server(
     state: AppState,
+    ops: Ops,
     standin: Option<StandIn>,
     listener: TcpListener,
 ) -> std::io::Result<Server> {
     let state = web::Data::new(state);
     let standin = standin.map(web::Data::new);
+    serve_with(ops, listener, move |cfg| {
+        cfg.app_data(state.clone());
+        routes(cfg);
+        if let Some(standin) = &standin {
+            cfg.app_data(standin.clone());
+            crate::veriff::standin::routes(cfg);
+        }
+    })
+}
+
+/// Only the operational endpoints, for a process without the API (`kyc worker`).
+pub fn ops_server(ops: Ops, listener: TcpListener) -> std::io::Result<Server> {
+    serve_with(ops, listener, ops_routes)
+}
+
+fn serve_with<F>(ops: Ops, listener: TcpListener, mount: F) -> std::io::Result<Server>
+where
+    F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
+{
+    let ops = web::Data::new(ops);
     let server = HttpServer::new(move || {
-        let app = App::new().app_data(state.clone()).configure(routes);
-        let app = match &standin {
-            Some(standin) => app
-                .app_data(standin.clone())
-                .configure(crate::veriff::standin::routes),
-            None => app,
-        };
-        app.default_service(web::to(|| async { Err::<&str, _>(ApiError::NotFound) }))
+        App::new()
+            .app_data(ops.clone())
+            .configure(mount.clone())
+            .default_service(web::to(|| async { Err::<&str, _>(ApiError::NotFound) }))
     })
     .listen(listener)?
     // Signals are the service's to handle, so that every role stops together.

@@ -67,3 +67,61 @@ async fn unknown_paths_are_problem_documents() {
         .expect("healthz");
     assert_eq!(health.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_process_serves_its_readiness_and_metrics_but_no_api() {
+    let app = TestApp::run().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let mut worker = crate::harness::process::kyc_command(&app.config)
+        .arg("worker")
+        .env("KYC_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kyc worker starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let ready = crate::harness::eventually(
+        std::time::Duration::from_secs(30),
+        "the worker to be ready",
+        || async {
+            let r = app.http.get(format!("{base}/readyz")).send().await.ok()?;
+            r.status().is_success().then_some(())
+        },
+    );
+    ready.await;
+    // Queue depths are sampled as soon as the worker is connected.
+    let main_queue = format!(
+        "kyc_queue_depth{{queue=\"{}.webhooks\"}}",
+        app.config.queue_prefix
+    );
+    crate::harness::eventually(
+        std::time::Duration::from_secs(10),
+        "queue depth metrics",
+        || async {
+            let text = app
+                .http
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.contains(&main_queue).then_some(())
+        },
+    )
+    .await;
+    let webhook = app
+        .http
+        .post(format!("{base}/webhooks/veriff/decision"))
+        .body("{}")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(webhook.status(), 404, "a worker does not receive webhooks");
+    worker.kill().expect("stop the worker");
+    worker.wait().expect("reap the worker");
+}

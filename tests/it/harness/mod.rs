@@ -153,6 +153,7 @@ impl TestApp {
             .then(|| TcpListener::bind("127.0.0.1:0").expect("bind port 0"));
         let roles = Roles {
             http,
+            api: spawn.http,
             worker: spawn.worker,
         };
         let service = Service::start(&config, spawn.dev, roles).expect("service starts");

@@ -25,6 +25,8 @@ impl WorkerProcess {
             .collect();
         let child = Command::new(env!("CARGO_BIN_EXE_kyc"))
             .arg("worker")
+            // Its operational endpoints on a port of its own, so workers can run side by side.
+            .env("KYC_HTTP_ADDR", "127.0.0.1:0")
             .env("KYC_DATABASE_URL", &config.database_url)
             .env("KYC_AMQP_URL", &config.amqp_url)
             .env("KYC_QUEUE_PREFIX", &config.queue_prefix)
