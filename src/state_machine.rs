@@ -201,7 +201,12 @@ pub enum Observation {
 pub enum Input {
     /// A Veriff session was created (or adopted) for this verification. The order of
     /// SessionCreated inputs in the history is authoritative (the newest one is the current session).
-    SessionCreated { session_id: String },
+    SessionCreated {
+        session_id: String,
+        /// Adopted through `vendorData`: Veriff has it but kyc never committed it, so the
+        /// user never saw its URL (`inputs.source = 'adopted'`).
+        adopted: bool,
+    },
     /// A webhook (or reconciliation answer) about one session.
     Observed {
         session_id: String,
@@ -311,7 +316,7 @@ fn sessions(history: &[Input]) -> Vec<(&str, Vec<&Observation>)> {
     let mut observed: BTreeMap<&str, Vec<&Observation>> = BTreeMap::new();
     for input in history {
         match input {
-            Input::SessionCreated { session_id } => {
+            Input::SessionCreated { session_id, .. } => {
                 if !order.contains(&session_id.as_str()) {
                     order.push(session_id);
                 }
@@ -429,6 +434,7 @@ mod tests {
     fn created(session: &str) -> Input {
         Input::SessionCreated {
             session_id: session.into(),
+            adopted: false,
         }
     }
 

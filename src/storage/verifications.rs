@@ -266,7 +266,7 @@ async fn refresh_session_statuses(
     let (ids, statuses): (Vec<&str>, Vec<&str>) = history
         .iter()
         .filter_map(|input| match input {
-            Input::SessionCreated { session_id } => {
+            Input::SessionCreated { session_id, .. } => {
                 state_machine::session_status(history, session_id)
                     .map(|status| (session_id.as_str(), status.as_str()))
             }
@@ -287,7 +287,7 @@ async fn refresh_session_statuses(
 pub async fn history(tx: &Transaction<'_>, id: Uuid) -> Result<Vec<Input>, tokio_postgres::Error> {
     let rows = query(
         tx,
-        "SELECT kind, session_id, attempt_id, status, decision_time, reason_code, reason
+        "SELECT kind, session_id, attempt_id, status, decision_time, reason_code, reason, source
          FROM inputs WHERE verification_id = $1 ORDER BY id",
         &[&id],
     )
@@ -300,7 +300,13 @@ pub async fn history(tx: &Transaction<'_>, id: Uuid) -> Result<Vec<Input>, tokio
             let attempt_id: Option<String> = r.get(2);
             let status: Option<String> = r.get(3);
             let observation = match kind {
-                "session_created" => return Some(Input::SessionCreated { session_id }),
+                "session_created" => {
+                    let source: &str = r.get(7);
+                    return Some(Input::SessionCreated {
+                        session_id,
+                        adopted: source == "adopted",
+                    });
+                }
                 "decision" => Observation::Decision(Decision {
                     attempt_id,
                     // Unknown statuses are dead-lettered, never recorded.

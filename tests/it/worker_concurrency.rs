@@ -190,6 +190,7 @@ async fn burst_gives_the_state_machines_row(app: &TestApp, workers: &[&TestApp])
         .iter()
         .map(|s| Input::SessionCreated {
             session_id: (*s).to_owned(),
+            adopted: false,
         })
         .collect();
     history.extend(burst.iter().map(Webhook::input));
