@@ -200,7 +200,7 @@ pub enum Observation {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Input {
     /// A Veriff session was created (or adopted) for this verification. The order of
-    /// SessionCreated inputs in the history is authoritative (the newest one is the current session).
+    /// SessionCreated inputs in the history is authoritative (see `current_session`).
     SessionCreated {
         session_id: String,
         /// Adopted through `vendorData`: Veriff has it but kyc never committed it, so the
@@ -250,13 +250,13 @@ impl Default for Row {
     }
 }
 
-/// What a session amounts to, borrowing the winning decision from the history.
+/// What a session amounts to, borrowing the winning input from the history (with its index).
 #[derive(Debug, Clone, Copy)]
 enum Effective<'a> {
     Created,
-    Started,
-    Submitted,
-    Decided(&'a Decision),
+    Started(usize),
+    Submitted(usize),
+    Decided(usize, &'a Decision),
 }
 
 /// A total order on decisions so the winner never depends on arrival order; the reason
@@ -269,147 +269,383 @@ fn decision_order(a: &Decision, b: &Decision) -> Ordering {
 
 /// A session's effective status. `row_view` ignores `started` events, which the contract
 /// says leave the row unchanged (e.g. attempt B starting after A's resubmission_requested).
-fn effective<'a>(observations: &[&'a Observation], row_view: bool) -> Effective<'a> {
+fn effective<'a>(observations: &[(usize, &'a Observation)], row_view: bool) -> Effective<'a> {
     let decisions = || {
-        observations.iter().filter_map(|o| match o {
-            Observation::Decision(d) => Some(d),
+        observations.iter().filter_map(|&(i, o)| match o {
+            Observation::Decision(d) => Some((i, d)),
             Observation::Event(_) => None,
         })
     };
     let best = |finals: bool| {
         decisions()
-            .filter(|d| d.status.is_final() == finals)
-            .max_by(|a, b| decision_order(a, b))
+            .filter(|(_, d)| d.status.is_final() == finals)
+            .max_by(|(_, a), (_, b)| decision_order(a, b))
     };
     // A final decision is never overwritten, whatever arrived around it.
-    if let Some(d) = best(true) {
-        return Effective::Decided(d);
+    if let Some((i, d)) = best(true) {
+        return Effective::Decided(i, d);
     }
     // Attempts without a decision are newer than those with one: Veriff sends
     // resubmission_requested late, often after the next attempt started.
-    let decided: BTreeSet<&Option<String>> = decisions().map(|d| &d.attempt_id).collect();
-    let (mut started, mut submitted) = (false, false);
-    for o in observations {
+    let decided: BTreeSet<&Option<String>> = decisions().map(|(_, d)| &d.attempt_id).collect();
+    let (mut started, mut submitted) = (None, None);
+    for &(i, o) in observations {
         if let Observation::Event(e) = o
             && !decided.contains(&e.attempt_id)
         {
             match e.action {
-                EventAction::Submitted => submitted = true,
-                EventAction::Started => started |= !row_view,
-                EventAction::Other => {}
+                EventAction::Submitted => {
+                    submitted.get_or_insert(i);
+                }
+                EventAction::Started if !row_view => {
+                    started.get_or_insert(i);
+                }
+                EventAction::Started | EventAction::Other => {}
             }
         }
     }
-    if submitted {
-        Effective::Submitted
-    } else if started {
-        Effective::Started
-    } else {
-        best(false).map_or(Effective::Created, Effective::Decided)
+    match (submitted, started) {
+        (Some(i), _) => Effective::Submitted(i),
+        (None, Some(i)) => Effective::Started(i),
+        (None, None) => best(false).map_or(Effective::Created, |(i, d)| Effective::Decided(i, d)),
     }
+}
+
+/// One session of the verification, as recorded.
+struct Session<'a> {
+    id: &'a str,
+    /// Index of its first SessionCreated input.
+    created_at: usize,
+    adopted: bool,
+    observations: Vec<(usize, &'a Observation)>,
 }
 
 /// Sessions in SessionCreated order (first creation wins), each with its observations.
 /// Observations of sessions never created are dropped.
-fn sessions(history: &[Input]) -> Vec<(&str, Vec<&Observation>)> {
-    let mut order: Vec<&str> = Vec::new();
-    let mut observed: BTreeMap<&str, Vec<&Observation>> = BTreeMap::new();
-    for input in history {
+fn sessions(history: &[Input]) -> Vec<Session<'_>> {
+    let mut order: Vec<Session> = Vec::new();
+    let mut observed: BTreeMap<&str, Vec<(usize, &Observation)>> = BTreeMap::new();
+    for (i, input) in history.iter().enumerate() {
         match input {
-            Input::SessionCreated { session_id, .. } => {
-                if !order.contains(&session_id.as_str()) {
-                    order.push(session_id);
-                }
-            }
+            Input::SessionCreated {
+                session_id,
+                adopted,
+            } => match order.iter_mut().find(|s| s.id == session_id) {
+                // Once kyc has committed a session the user may hold its URL.
+                Some(known) => known.adopted &= *adopted,
+                None => order.push(Session {
+                    id: session_id,
+                    created_at: i,
+                    adopted: *adopted,
+                    observations: Vec::new(),
+                }),
+            },
             Input::Observed {
                 session_id,
                 observation,
-            } => observed.entry(session_id).or_default().push(observation),
+            } => observed
+                .entry(session_id)
+                .or_default()
+                .push((i, observation)),
         }
     }
+    for session in &mut order {
+        session.observations = observed.remove(session.id).unwrap_or_default();
+    }
     order
-        .into_iter()
-        .map(|id| (id, observed.remove(id).unwrap_or_default()))
-        .collect()
 }
 
-fn decision_row(d: &Decision, declined_sessions: u32, policy: &Policy) -> Row {
-    let (state, retry) = match d.status {
-        DecisionStatus::Approved => (State::Verified, Retry::None),
-        DecisionStatus::Review => (State::Pending, Retry::None),
-        DecisionStatus::ResubmissionRequested => (State::Rejected, Retry::SameSession),
-        DecisionStatus::Expired | DecisionStatus::Abandoned => {
-            (State::Unverified, Retry::NewSession)
-        }
-        DecisionStatus::Declined => {
-            let blocking = d
-                .reason_code
-                .is_some_and(|c| policy.blocking_reason_codes.contains(&c));
-            if blocking || declined_sessions >= policy.max_attempts {
-                (State::Rejected, Retry::Blocked)
-            } else {
-                (State::Rejected, Retry::NewSession)
-            }
-        }
-    };
+/// Position of the current session: the newest one the user has; an adopted orphan only
+/// when there is nothing else, since its URL was never handed out.
+fn current(sessions: &[Session]) -> Option<usize> {
+    sessions
+        .iter()
+        .rposition(|s| !s.adopted)
+        .or_else(|| sessions.len().checked_sub(1))
+}
+
+/// The id of the current session (the one whose URL is handed out), if any.
+pub fn current_session(history: &[Input]) -> Option<&str> {
+    let sessions = sessions(history);
+    current(&sessions).map(|i| sessions[i].id)
+}
+
+/// Which rule decided the row; drives the explanation's wording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// The current session's own status.
+    Current,
+    /// The latest approval of all sessions.
+    Approval,
+    /// A decline with a blocking reason, later than every approval.
+    BlockingReason,
+    /// The latest decline, once the declined sessions reached the cap.
+    Cap,
+}
+
+/// The row and what decided it: the one computation behind `compute` and `explain`.
+struct Verdict<'a> {
+    row: Row,
+    sessions: Vec<Session<'a>>,
+    /// Each session's effective status, by position.
+    statuses: Vec<Effective<'a>>,
+    current: usize,
+    /// (session position, its effective status) of the deciding input.
+    decider: (usize, Effective<'a>),
+    cause: Cause,
+    declined_sessions: u32,
+}
+
+fn row_of(state: State, retry: Retry, decision: Option<&Decision>) -> Row {
     Row {
         state,
         retry,
-        reason_code: d.reason_code,
-        reason: d.reason.clone(),
+        reason_code: decision.and_then(|d| d.reason_code),
+        reason: decision.and_then(|d| d.reason.clone()),
     }
+}
+
+/// The row of the current session's own status, before other sessions are considered.
+fn base_row(status: Effective) -> Row {
+    match status {
+        Effective::Created | Effective::Started(_) => Row::default(),
+        Effective::Submitted(_) => row_of(State::Pending, Retry::None, None),
+        Effective::Decided(_, d) => {
+            let (state, retry) = match d.status {
+                DecisionStatus::Approved => (State::Verified, Retry::None),
+                DecisionStatus::Review => (State::Pending, Retry::None),
+                DecisionStatus::ResubmissionRequested => (State::Rejected, Retry::SameSession),
+                // BLOCKED is decided across sessions, where this decline is counted too.
+                DecisionStatus::Declined => (State::Rejected, Retry::NewSession),
+                DecisionStatus::Expired | DecisionStatus::Abandoned => {
+                    (State::Unverified, Retry::NewSession)
+                }
+            };
+            row_of(state, retry, Some(d))
+        }
+    }
+}
+
+/// A session that ended approved or declined: the only outcomes that count across sessions.
+#[derive(Debug, Clone, Copy)]
+struct Final<'a> {
+    session: usize,
+    input: usize,
+    decision: &'a Decision,
+}
+
+fn decide<'a>(history: &'a [Input], policy: &Policy) -> Option<Verdict<'a>> {
+    let sessions = sessions(history);
+    let current = current(&sessions)?;
+    let statuses: Vec<Effective> = sessions
+        .iter()
+        .map(|s| effective(&s.observations, true))
+        .collect();
+    let finals: Vec<Final> = statuses
+        .iter()
+        .enumerate()
+        .filter_map(|(session, status)| match *status {
+            Effective::Decided(input, decision)
+                if matches!(
+                    decision.status,
+                    DecisionStatus::Approved | DecisionStatus::Declined
+                ) =>
+            {
+                Some(Final {
+                    session,
+                    input,
+                    decision,
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    // Identical decisions of two sessions: prefer the current one, then the newer one,
+    // so the choice never depends on arrival order.
+    let later = |a: &&Final, b: &&Final| {
+        decision_order(a.decision, b.decision)
+            .then_with(|| (a.session == current).cmp(&(b.session == current)))
+            .then_with(|| a.session.cmp(&b.session))
+    };
+    let with = |status| move |f: &&Final| f.decision.status == status;
+    let declined_sessions =
+        u32::try_from(finals.iter().filter(with(DecisionStatus::Declined)).count())
+            .unwrap_or(u32::MAX);
+    let latest = finals.iter().max_by(later);
+    let latest_approval = finals
+        .iter()
+        .filter(with(DecisionStatus::Approved))
+        .max_by(later);
+    let blocking = finals
+        .iter()
+        .filter(with(DecisionStatus::Declined))
+        .filter(|f| {
+            f.decision
+                .reason_code
+                .is_some_and(|c| policy.blocking_reason_codes.contains(&c))
+        })
+        .filter(|f| latest_approval.is_none_or(|a| later(f, &a).is_gt()))
+        .max_by(later);
+
+    let by = |f: &Final<'a>, state, retry, cause| {
+        let decider = (f.session, Effective::Decided(f.input, f.decision));
+        (row_of(state, retry, Some(f.decision)), decider, cause)
+    };
+    let (row, decider, cause) = match (latest, blocking) {
+        (Some(w), _) if w.decision.status == DecisionStatus::Approved => {
+            by(w, State::Verified, Retry::None, Cause::Approval)
+        }
+        (Some(_), Some(b)) => by(b, State::Rejected, Retry::Blocked, Cause::BlockingReason),
+        (Some(w), None) if declined_sessions >= policy.max_attempts => {
+            by(w, State::Rejected, Retry::Blocked, Cause::Cap)
+        }
+        // No final anywhere, or a decline that does not block: an older session's only
+        // counts toward the cap, and the current session's is its own base row.
+        _ => (
+            base_row(statuses[current]),
+            (current, statuses[current]),
+            Cause::Current,
+        ),
+    };
+    Some(Verdict {
+        row,
+        sessions,
+        statuses,
+        current,
+        decider,
+        cause,
+        declined_sessions,
+    })
 }
 
 /// The `verifications` row for a history, whatever order its webhooks arrived in.
 pub fn compute(history: &[Input], policy: &Policy) -> Row {
-    let mut row = Row::default();
-    let mut declined_sessions = 0u32;
-    for (_, observations) in sessions(history) {
-        // Finals win in both views, so the row view is enough to count declines.
-        let status = effective(&observations, true);
-        let decided = match status {
-            Effective::Decided(d) => Some(d),
-            _ => None,
-        };
-        if decided.is_some_and(|d| d.status == DecisionStatus::Declined) {
-            declined_sessions += 1;
-        }
-        if row.state == State::Verified {
-            // Re-verification: only its approval or decline can move a verified row.
-            if let Some(d) = decided.filter(|d| {
-                matches!(
-                    d.status,
-                    DecisionStatus::Approved | DecisionStatus::Declined
-                )
-            }) {
-                row = decision_row(d, declined_sessions, policy);
-            }
-        } else if row.retry == Retry::Blocked {
-            // Blocked sticks through every later session, whatever they say.
-        } else {
-            row = match status {
-                Effective::Created | Effective::Started => Row::default(),
-                Effective::Submitted => Row {
-                    state: State::Pending,
-                    ..Row::default()
+    decide(history, policy).map_or_else(Row::default, |v| v.row)
+}
+
+/// Why a verification's row is what it is, for operators. Holds no personal data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    /// Always equal to `compute` for the same history and policy.
+    pub row: Row,
+    /// Index into the history of the input that decided the row; `None` without a session.
+    pub decided_by: Option<usize>,
+    pub current_session: Option<String>,
+    pub declined_sessions: u32,
+    pub max_attempts: u32,
+    text: String,
+}
+
+impl Explanation {
+    /// One line: `"{STATE} / {RETRY}: …"`, only session ids, statuses, reason codes, times
+    /// and counts (never Veriff's reason text, which may quote the person's document).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Display for Explanation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+fn describe_session(sessions: &[Session], position: usize) -> String {
+    let s = &sessions[position];
+    let adopted = if s.adopted { ", adopted" } else { "" };
+    format!("session {} ({}{adopted})", position + 1, s.id)
+}
+
+fn describe_status(status: Effective) -> String {
+    match status {
+        Effective::Created => "created, no decision yet".to_owned(),
+        Effective::Started(_) => "started, no decision yet".to_owned(),
+        Effective::Submitted(_) => "submitted, no decision yet".to_owned(),
+        Effective::Decided(_, d) => {
+            let code = d.reason_code.map(|c| format!(" ({c})")).unwrap_or_default();
+            let time = d.decision_time.map_or_else(
+                || " without a decision time".to_owned(),
+                |t| {
+                    format!(
+                        " at {}",
+                        t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                    )
                 },
-                Effective::Decided(d) => decision_row(d, declined_sessions, policy),
-            };
+            );
+            format!("{}{code}{time}", d.status.as_str())
         }
     }
-    row
+}
+
+fn input_index(session: &Session, status: Effective) -> usize {
+    match status {
+        Effective::Created => session.created_at,
+        Effective::Started(i) | Effective::Submitted(i) | Effective::Decided(i, _) => i,
+    }
+}
+
+/// The row for a history together with what decided it; `row` is exactly `compute`'s.
+pub fn explain(history: &[Input], policy: &Policy) -> Explanation {
+    let Some(v) = decide(history, policy) else {
+        let row = Row::default();
+        return Explanation {
+            text: format!(
+                "{} / {}: no session yet",
+                row.state.as_str(),
+                row.retry.as_str()
+            ),
+            row,
+            decided_by: None,
+            current_session: None,
+            declined_sessions: 0,
+            max_attempts: policy.max_attempts,
+        };
+    };
+    let (position, status) = v.decider;
+    let mut text = format!(
+        "{} / {}: {} {}",
+        v.row.state.as_str(),
+        v.row.retry.as_str(),
+        describe_session(&v.sessions, position),
+        describe_status(status)
+    );
+    let attempts = format!(
+        "{} of {} attempts declined",
+        v.declined_sessions, policy.max_attempts
+    );
+    match v.cause {
+        Cause::Approval if v.declined_sessions > 0 => text.push_str(", later than every decline"),
+        Cause::Approval => {}
+        Cause::BlockingReason => text.push_str(&format!(", a blocking reason, {attempts}")),
+        Cause::Cap => text.push_str(&format!(", the cap reached, {attempts}")),
+        Cause::Current if v.declined_sessions > 0 => text.push_str(&format!(", {attempts}")),
+        Cause::Current => {}
+    }
+    if position != v.current {
+        text.push_str(&format!(
+            "; current {} {}",
+            describe_session(&v.sessions, v.current),
+            describe_status(v.statuses[v.current])
+        ));
+    }
+    Explanation {
+        decided_by: Some(input_index(&v.sessions[position], status)),
+        current_session: Some(v.sessions[v.current].id.to_owned()),
+        row: v.row,
+        declined_sessions: v.declined_sessions,
+        max_attempts: policy.max_attempts,
+        text,
+    }
 }
 
 /// The session's own status (started included), or `None` if it was never created here.
 pub fn session_status(history: &[Input], session_id: &str) -> Option<SessionStatus> {
-    let (_, observations) = sessions(history)
-        .into_iter()
-        .find(|(id, _)| *id == session_id)?;
-    Some(match effective(&observations, false) {
+    let session = sessions(history).into_iter().find(|s| s.id == session_id)?;
+    Some(match effective(&session.observations, false) {
         Effective::Created => SessionStatus::Created,
-        Effective::Started => SessionStatus::Started,
-        Effective::Submitted => SessionStatus::Submitted,
-        Effective::Decided(d) => match d.status {
+        Effective::Started(_) => SessionStatus::Started,
+        Effective::Submitted(_) => SessionStatus::Submitted,
+        Effective::Decided(_, d) => match d.status {
             DecisionStatus::Approved => SessionStatus::Approved,
             DecisionStatus::Declined => SessionStatus::Declined,
             DecisionStatus::ResubmissionRequested => SessionStatus::ResubmissionRequested,
@@ -435,6 +671,13 @@ mod tests {
         Input::SessionCreated {
             session_id: session.into(),
             adopted: false,
+        }
+    }
+
+    fn adopted(session: &str) -> Input {
+        Input::SessionCreated {
+            session_id: session.into(),
+            adopted: true,
         }
     }
 
@@ -589,14 +832,34 @@ mod tests {
     }
 
     #[test]
-    fn blocking_reason_blocks_for_good() {
-        let mut h = vec![
+    fn blocking_reason_blocks_until_a_later_approval() {
+        let h = vec![
             created("s1"),
             decision("s1", "a", Declined, Some(1), Some(105)),
         ];
-        assert_eq!(run(&h), row(State::Rejected, Retry::Blocked, Some(105)));
-        h.extend([created("s2"), decision("s2", "a", Approved, Some(2), None)]);
-        assert_eq!(run(&h), row(State::Rejected, Retry::Blocked, Some(105)));
+        let blocked = row(State::Rejected, Retry::Blocked, Some(105));
+        assert_eq!(run(&h), blocked);
+        // A new session and everything short of an approval leave it blocked.
+        let newer = [h.as_slice(), &[created("s2")]].concat();
+        assert_eq!(run(&newer), blocked);
+        for tail in [
+            event("s2", "a", "submitted"),
+            decision("s2", "a", ResubmissionRequested, Some(2), Some(201)),
+            decision("s2", "a", Expired, Some(2), None),
+            decision("s2", "a", Declined, Some(2), Some(102)),
+        ] {
+            assert_eq!(run(&[newer.as_slice(), &[tail]].concat()), blocked);
+        }
+        // An approval decided before the blocking decline does not unblock it...
+        let earlier = decision("s2", "a", Approved, Some(0), None);
+        assert_eq!(run(&[newer.as_slice(), &[earlier]].concat()), blocked);
+        // ...but a later one does: among finals of different sessions the later decisionTime
+        // wins, and a Veriff approval is never silently ignored (DESIGN section 6).
+        let later = decision("s2", "a", Approved, Some(2), None);
+        assert_eq!(
+            run(&[newer.as_slice(), &[later]].concat()),
+            row(State::Verified, Retry::None, None)
+        );
     }
 
     #[test]
@@ -669,7 +932,10 @@ mod tests {
     }
 
     #[test]
-    fn decision_for_older_session_does_not_move_row() {
+    fn older_sessions_non_blocking_decline_does_not_move_row() {
+        // An older session's final decline now counts (toward the cap) but, being neither
+        // blocking nor an approval, leaves the current session's row; its later
+        // resubmission_requested cannot overwrite the final decline.
         let h = [
             created("s1"),
             created("s2"),
@@ -678,6 +944,8 @@ mod tests {
             decision("s1", "a2", ResubmissionRequested, Some(2), Some(201)),
         ];
         assert_eq!(run(&h), row(State::Pending, Retry::None, None));
+        assert_eq!(explain(&h, &Policy::default()).declined_sessions, 1);
+        assert_eq!(session_status(&h, "s1"), Some(SessionStatus::Declined));
     }
 
     #[test]
@@ -755,6 +1023,260 @@ mod tests {
             decision("s1", "c", Approved, None, None),
         ];
         assert_eq!(run(&h), row(State::Rejected, Retry::NewSession, Some(102)));
+    }
+
+    #[test]
+    fn older_approval_after_newer_decline_verifies() {
+        let h = [
+            created("s1"),
+            created("s2"),
+            decision("s2", "b", Declined, Some(1), Some(102)),
+            decision("s1", "a", Approved, Some(2), Some(1)),
+        ];
+        assert_eq!(run(&h), row(State::Verified, Retry::None, Some(1)));
+        assert_eq!(current_session(&h), Some("s2"));
+    }
+
+    #[test]
+    fn older_approval_before_newer_decline_does_not_verify() {
+        let rejected = row(State::Rejected, Retry::NewSession, Some(102));
+        let h = [
+            created("s1"),
+            decision("s1", "a", Approved, Some(1), Some(1)),
+            created("s2"),
+            decision("s2", "b", Declined, Some(2), Some(102)),
+        ];
+        assert_eq!(run(&h), rejected);
+        // Arriving last does not make it the later decision.
+        let h = [
+            created("s1"),
+            created("s2"),
+            decision("s2", "b", Declined, Some(2), Some(102)),
+            decision("s1", "a", Approved, Some(1), Some(1)),
+        ];
+        assert_eq!(run(&h), rejected);
+    }
+
+    #[test]
+    fn blocking_decline_before_an_approval_no_longer_blocks() {
+        // Only declines later than the latest approval can block by their reason.
+        let h = [
+            created("s1"),
+            decision("s1", "a", Declined, Some(1), Some(105)),
+            created("s2"),
+            decision("s2", "b", Approved, Some(2), None),
+            created("s3"),
+            decision("s3", "c", Declined, Some(3), Some(102)),
+        ];
+        assert_eq!(run(&h), row(State::Rejected, Retry::NewSession, Some(102)));
+        // The cap still counts every declined session, before the approval or not.
+        assert_eq!(
+            compute(&h, &policy(2)),
+            row(State::Rejected, Retry::Blocked, Some(102))
+        );
+    }
+
+    #[test]
+    fn older_blocking_decline_blocks_while_current_is_pending() {
+        let pending = [created("s1"), created("s2"), event("s2", "b", "submitted")];
+        assert_eq!(run(&pending), row(State::Pending, Retry::None, None));
+        let h = [
+            pending.as_slice(),
+            &[decision("s1", "a", Declined, Some(1), Some(105))],
+        ]
+        .concat();
+        assert_eq!(run(&h), row(State::Rejected, Retry::Blocked, Some(105)));
+    }
+
+    #[test]
+    fn older_non_blocking_declines_count_toward_the_cap() {
+        let pending = row(State::Pending, Retry::None, None);
+        let mut h = vec![
+            created("s1"),
+            created("s2"),
+            created("s3"),
+            created("s4"),
+            event("s4", "d", "submitted"),
+            decision("s1", "a", Declined, Some(1), Some(102)),
+            decision("s2", "b", Declined, Some(2), Some(103)),
+        ];
+        assert_eq!(run(&h), pending);
+        h.push(decision("s3", "c", Declined, Some(3), Some(104)));
+        // The third declined session reaches the cap: blocked with the latest decline.
+        assert_eq!(run(&h), row(State::Rejected, Retry::Blocked, Some(104)));
+        assert_eq!(compute(&h, &policy(4)), pending);
+    }
+
+    #[test]
+    fn non_final_inputs_of_older_sessions_never_move_row() {
+        let base = [
+            created("s1"),
+            decision("s1", "a", ResubmissionRequested, Some(1), Some(201)),
+            created("s2"),
+            decision("s2", "b", ResubmissionRequested, Some(1), Some(202)),
+        ];
+        let expected = row(State::Rejected, Retry::SameSession, Some(202));
+        assert_eq!(run(&base), expected);
+        for tail in [
+            event("s1", "c", "started"),
+            event("s1", "c", "submitted"),
+            decision("s1", "c", Review, Some(5), None),
+            decision("s1", "c", ResubmissionRequested, Some(5), Some(201)),
+            decision("s1", "c", Expired, Some(5), None),
+            decision("s1", "c", Abandoned, Some(5), None),
+        ] {
+            let h = [base.as_slice(), &[tail]].concat();
+            assert_eq!(run(&h), expected, "{:?}", h.last());
+        }
+    }
+
+    #[test]
+    fn adopted_orphan_does_not_become_current() {
+        let h = [
+            created("s1"),
+            decision("s1", "a", ResubmissionRequested, Some(1), Some(201)),
+            adopted("o1"),
+            event("o1", "x", "submitted"),
+            decision("o1", "x", Expired, Some(2), None),
+        ];
+        assert_eq!(run(&h), row(State::Rejected, Retry::SameSession, Some(201)));
+        assert_eq!(current_session(&h), Some("s1"));
+        assert_eq!(session_status(&h, "o1"), Some(SessionStatus::Expired));
+        // Had kyc committed it, it would be current and its expiry would ask for a new one.
+        let committed = [&h[..2], &[created("o1")], &h[3..]].concat();
+        assert_eq!(current_session(&committed), Some("o1"));
+        assert_eq!(
+            run(&committed),
+            row(State::Unverified, Retry::NewSession, None)
+        );
+    }
+
+    #[test]
+    fn adopted_orphan_approval_verifies() {
+        let h = [
+            created("s1"),
+            event("s1", "a", "submitted"),
+            adopted("o1"),
+            decision("o1", "x", Approved, Some(1), None),
+        ];
+        assert_eq!(run(&h), row(State::Verified, Retry::None, None));
+        assert_eq!(current_session(&h), Some("s1"));
+    }
+
+    #[test]
+    fn adopted_orphan_decline_counts() {
+        let mut h = vec![
+            created("s1"),
+            decision("s1", "a", Declined, Some(1), Some(102)),
+            created("s2"),
+            decision("s2", "b", Declined, Some(2), Some(102)),
+            adopted("o1"),
+        ];
+        assert_eq!(run(&h), row(State::Rejected, Retry::NewSession, Some(102)));
+        h.push(decision("o1", "x", Declined, Some(3), Some(103)));
+        assert_eq!(run(&h), row(State::Rejected, Retry::Blocked, Some(103)));
+        let h = [
+            created("s1"),
+            event("s1", "a", "submitted"),
+            adopted("o1"),
+            decision("o1", "x", Declined, Some(1), Some(105)),
+        ];
+        assert_eq!(run(&h), row(State::Rejected, Retry::Blocked, Some(105)));
+    }
+
+    #[test]
+    fn adopted_session_is_current_only_without_another() {
+        assert_eq!(current_session(&[]), None);
+        let h = [adopted("o1"), event("o1", "a", "submitted")];
+        assert_eq!(current_session(&h), Some("o1"));
+        assert_eq!(run(&h), row(State::Pending, Retry::None, None));
+        let h = [adopted("o1"), adopted("o2"), event("o1", "a", "submitted")];
+        assert_eq!(current_session(&h), Some("o2"));
+        assert_eq!(run(&h), Row::default());
+        let h = [created("s1"), adopted("o1"), adopted("o2")];
+        assert_eq!(current_session(&h), Some("s1"));
+        // Recorded as committed once as well: the user may hold its URL.
+        let h = [created("s1"), adopted("o1"), created("o1")];
+        assert_eq!(current_session(&h), Some("o1"));
+    }
+
+    #[test]
+    fn explanation_names_what_decided() {
+        let p = Policy::default();
+        let e = explain(&[], &p);
+        assert_eq!(e.row, Row::default());
+        assert_eq!(e.decided_by, None);
+        assert_eq!(e.current_session, None);
+        assert_eq!(e.text(), "UNVERIFIED / NONE: no session yet");
+
+        let h = [created("s1"), adopted("s2"), created("s3")];
+        let e = explain(&h, &p);
+        assert_eq!(e.decided_by, Some(2));
+        assert_eq!(e.current_session.as_deref(), Some("s3"));
+        assert_eq!(
+            e.to_string(),
+            "UNVERIFIED / NONE: session 3 (s3) created, no decision yet"
+        );
+
+        let h = [
+            created("s1"),
+            decision("s1", "a", Declined, Some(1), Some(102)),
+            created("s2"),
+            event("s2", "b", "started"),
+            decision("s2", "b", Declined, Some(2), Some(103)),
+        ];
+        let e = explain(&h, &p);
+        assert_eq!(e.decided_by, Some(4));
+        assert_eq!((e.declined_sessions, e.max_attempts), (2, 3));
+        assert_eq!(
+            e.text(),
+            "REJECTED / NEW_SESSION: session 2 (s2) declined (103) at 2023-11-14T22:15:20Z, \
+             2 of 3 attempts declined"
+        );
+
+        let h = [
+            created("s1"),
+            created("s2"),
+            event("s2", "b", "submitted"),
+            decision("s1", "a", Declined, Some(1), Some(105)),
+        ];
+        let e = explain(&h, &p);
+        assert_eq!(e.decided_by, Some(3));
+        assert_eq!(
+            e.text(),
+            "REJECTED / BLOCKED: session 1 (s1) declined (105) at 2023-11-14T22:14:20Z, \
+             a blocking reason, 1 of 3 attempts declined; \
+             current session 2 (s2) submitted, no decision yet"
+        );
+
+        let mut h = declined_sessions(3);
+        let e = explain(&h, &p);
+        assert_eq!(e.decided_by, Some(5));
+        assert_eq!(
+            e.text(),
+            "REJECTED / BLOCKED: session 3 (s2) declined (102) at 2023-11-14T22:14:20Z, \
+             the cap reached, 3 of 3 attempts declined"
+        );
+
+        h.extend([adopted("o"), decision("o", "x", Approved, Some(9), None)]);
+        let e = explain(&h, &p);
+        assert_eq!(e.decided_by, Some(7));
+        assert_eq!(
+            e.text(),
+            "VERIFIED / NONE: session 4 (o, adopted) approved at 2023-11-14T22:22:20Z, \
+             later than every decline; current session 3 (s2) declined (102) at \
+             2023-11-14T22:14:20Z"
+        );
+
+        let h = [
+            created("s1"),
+            decision("s1", "a", ResubmissionRequested, None, Some(201)),
+        ];
+        assert_eq!(
+            explain(&h, &p).text(),
+            "REJECTED / SAME_SESSION: session 1 (s1) resubmission_requested (201) \
+             without a decision time"
+        );
     }
 
     fn arb_observed() -> impl Strategy<Value = Input> {
