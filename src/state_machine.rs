@@ -1302,7 +1302,7 @@ mod tests {
                 status,
                 proptest::option::of(0..3i64),
                 proptest::option::of(proptest::sample::select(vec![102, 105, 503])),
-                proptest::option::of(proptest::sample::select(vec!["x", "y"])),
+                proptest::option::of(proptest::sample::select(vec![PERSONAL_X, PERSONAL_Y])),
             )
                 .prop_map(|(attempt_id, status, minute, reason_code, reason)| {
                     Observation::Decision(Decision {
@@ -1321,11 +1321,21 @@ mod tests {
         })
     }
 
-    /// SessionCreated inputs (1–4, possibly repeated ids) and Observed inputs, kept apart so
-    /// the Observed ones can be permuted on their own.
+    /// Stand-ins for Veriff's reason text, which may quote personal data.
+    const PERSONAL_X: &str = "Personal: Jane Doe";
+    const PERSONAL_Y: &str = "Personal: passport X1234567";
+
+    /// SessionCreated inputs (1–4, possibly repeated ids, some adopted) and Observed inputs,
+    /// kept apart so the Observed ones can be permuted on their own.
     fn arb_parts() -> impl Strategy<Value = (Vec<Input>, Vec<Input>)> {
+        let created = (0..4u8, proptest::bool::weighted(0.3)).prop_map(|(s, adopted)| {
+            Input::SessionCreated {
+                session_id: format!("s{s}"),
+                adopted,
+            }
+        });
         (
-            proptest::collection::vec((0..4u8).prop_map(|s| created(&format!("s{s}"))), 1..=4),
+            proptest::collection::vec(created, 1..=4),
             proptest::collection::vec(arb_observed(), 0..14),
         )
     }
@@ -1353,6 +1363,55 @@ mod tests {
             .collect()
     }
 
+    fn session_of(input: &Input) -> &str {
+        match input {
+            Input::SessionCreated { session_id, .. } | Input::Observed { session_id, .. } => {
+                session_id
+            }
+        }
+    }
+
+    /// Whether `input` is the kind of input that can decide `r` (DESIGN section 6 table),
+    /// reasons included.
+    fn can_decide(r: &Row, input: &Input) -> bool {
+        let no_reason = r.reason_code.is_none() && r.reason.is_none();
+        match input {
+            Input::SessionCreated { .. } => {
+                (r.state, r.retry) == (State::Unverified, Retry::None) && no_reason
+            }
+            Input::Observed {
+                observation: Observation::Event(e),
+                ..
+            } => {
+                no_reason
+                    && match (r.state, r.retry) {
+                        (State::Pending, Retry::None) => e.action == EventAction::Submitted,
+                        (State::Unverified, Retry::None) => e.action == EventAction::Started,
+                        _ => false,
+                    }
+            }
+            Input::Observed {
+                observation: Observation::Decision(d),
+                ..
+            } => {
+                r.reason_code == d.reason_code
+                    && r.reason == d.reason
+                    && match (r.state, r.retry) {
+                        (State::Verified, Retry::None) => d.status == Approved,
+                        (State::Rejected, Retry::Blocked | Retry::NewSession) => {
+                            d.status == Declined
+                        }
+                        (State::Rejected, Retry::SameSession) => d.status == ResubmissionRequested,
+                        (State::Pending, Retry::None) => d.status == Review,
+                        (State::Unverified, Retry::NewSession) => {
+                            matches!(d.status, Expired | Abandoned)
+                        }
+                        _ => false,
+                    }
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn observed_order_does_not_matter(
@@ -1365,8 +1424,11 @@ mod tests {
         ) {
             let a = interleave(&created, &observed, &cuts_a);
             let b = interleave(&created, &shuffled, &cuts_b);
-            prop_assert_eq!(compute(&a, &policy(max_attempts)), compute(&b, &policy(max_attempts)));
+            let p = policy(max_attempts);
+            prop_assert_eq!(compute(&a, &p), compute(&b, &p));
             prop_assert_eq!(statuses(&a), statuses(&b));
+            prop_assert_eq!(current_session(&a), current_session(&b));
+            prop_assert_eq!(explain(&a, &p).to_string(), explain(&b, &p).to_string());
         }
 
         #[test]
@@ -1387,6 +1449,7 @@ mod tests {
             let p = policy(max_attempts);
             prop_assert_eq!(compute(&original, &p), compute(&duplicated, &p));
             prop_assert_eq!(statuses(&original), statuses(&duplicated));
+            prop_assert_eq!(explain(&original, &p).to_string(), explain(&duplicated, &p).to_string());
         }
 
         #[test]
@@ -1403,6 +1466,119 @@ mod tests {
                     prop_assert!(!status.is_usable_status(), "{session_id}: {status:?}");
                 }
             }
+        }
+
+        #[test]
+        fn explanation_agrees_with_row(
+            (created, observed) in arb_parts(),
+            cuts in proptest::collection::vec(any::<Index>(), 4),
+            max_attempts in 1..=4u32,
+        ) {
+            let h = interleave(&created, &observed, &cuts);
+            let p = policy(max_attempts);
+            let r = compute(&h, &p);
+            let e = explain(&h, &p);
+            prop_assert_eq!(&e.row, &r);
+            let head = format!("{} / {}: ", r.state.as_str(), r.retry.as_str());
+            prop_assert!(e.text().starts_with(&head), "{}", e);
+            prop_assert!(!e.text().contains("Personal"), "{}", e);
+            prop_assert_eq!(e.current_session.as_deref(), current_session(&h));
+            prop_assert_eq!(e.max_attempts, max_attempts);
+            let declined = statuses(&h)
+                .into_iter()
+                .filter(|s| *s == Some(SessionStatus::Declined))
+                .count();
+            prop_assert_eq!(e.declined_sessions as usize, declined);
+            // There is always a session here, so something decided.
+            let i = e.decided_by.expect("decided_by");
+            prop_assert!(i < h.len());
+            prop_assert!(can_decide(&r, &h[i]), "{r:?} decided by {:?}", h[i]);
+            let session = session_of(&h[i]);
+            prop_assert!(session_status(&h, session).is_some(), "{session} never created");
+            // Only an approval or a block reaches across sessions.
+            if r.state != State::Verified && r.retry != Retry::Blocked {
+                prop_assert_eq!(Some(session), current_session(&h));
+            }
+        }
+
+        #[test]
+        fn other_sessions_move_row_only_by_approval_or_decline(
+            (created, observed) in arb_parts(),
+            cuts in proptest::collection::vec(any::<Index>(), 4),
+            extra in proptest::collection::vec((arb_observed(), any::<Index>()), 1..6),
+            target in any::<Index>(),
+            max_attempts in 1..=4u32,
+        ) {
+            // The oldest session, adopted, is never current: there is always another one.
+            let mut h = interleave(&created, &observed, &cuts);
+            h.insert(0, adopted("s9"));
+            let current = current_session(&h).map(str::to_owned);
+            let others: Vec<String> = (0..4)
+                .map(|s| format!("s{s}"))
+                .chain(["s9".to_owned()])
+                .filter(|s| session_status(&h, s).is_some() && Some(s) != current.as_ref())
+                .collect();
+            let s = &others[target.index(others.len())];
+            let ended = matches!(
+                session_status(&h, s),
+                Some(SessionStatus::Approved | SessionStatus::Declined)
+            );
+            let mut moved = h.clone();
+            for (input, at) in extra {
+                let Input::Observed { observation, .. } = input else { continue };
+                let keep = match &observation {
+                    Observation::Event(_) => true,
+                    // expired/abandoned must not replace an approval or a decline.
+                    Observation::Decision(d) => !d.status.is_final()
+                        || (!ended && matches!(d.status, Expired | Abandoned)),
+                };
+                if keep {
+                    let input = Input::Observed { session_id: s.clone(), observation };
+                    moved.insert(at.index(moved.len() + 1), input);
+                }
+            }
+            let p = policy(max_attempts);
+            prop_assert_eq!(compute(&moved, &p), compute(&h, &p));
+            prop_assert_eq!(explain(&moved, &p).to_string(), explain(&h, &p).to_string());
+        }
+
+        #[test]
+        fn orphans_never_displace_the_users_session(
+            (creations, observed) in arb_parts(),
+            cuts in proptest::collection::vec(any::<Index>(), 4),
+            at in any::<Index>(),
+        ) {
+            let h = interleave(&creations, &observed, &cuts);
+            let users = creations
+                .iter()
+                .any(|c| matches!(c, Input::SessionCreated { adopted: false, .. }));
+            let mut with_orphan = h.clone();
+            with_orphan.insert(at.index(h.len() + 1), adopted("s8"));
+            if users {
+                prop_assert_eq!(current_session(&with_orphan), current_session(&h));
+            }
+            // A session kyc commits is current, however many orphans came before it.
+            with_orphan.push(created("s7"));
+            prop_assert_eq!(current_session(&with_orphan), Some("s7"));
+        }
+
+        #[test]
+        fn a_later_approval_is_never_ignored(
+            (created, observed) in arb_parts(),
+            cuts in proptest::collection::vec(any::<Index>(), 4),
+            at in any::<Index>(),
+            orphan in any::<bool>(),
+            max_attempts in 1..=4u32,
+        ) {
+            // Generated decisions are at minutes 0–2 or untimed; this one is later than all.
+            let mut h = interleave(&created, &observed, &cuts);
+            let session = Input::SessionCreated { session_id: "s7".into(), adopted: orphan };
+            h.insert(at.index(h.len() + 1), session);
+            h.push(decision("s7", "a", Approved, Some(10), None));
+            prop_assert_eq!(
+                compute(&h, &policy(max_attempts)),
+                row(State::Verified, Retry::None, None)
+            );
         }
 
         #[test]
