@@ -18,9 +18,8 @@ use chrono::Utc;
 use common::{Deployment, decision, env_or, percentile_ms, sign, wait_ready};
 use futures_util::StreamExt;
 use kyc::queue::{Envelope, Topology};
-use kyc::veriff::signature::{
-    Integration, IntegrationKeys, Integrations, RawWebhook, SignatureHeaders,
-};
+use kyc::veriff::integration::{Integration, IntegrationKeys, Integrations};
+use kyc::veriff::signature::{RawWebhook, SignatureHeaders};
 use kyc::veriff::{Kind, dedup, payload};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use secrecy::SecretString;
@@ -189,21 +188,15 @@ async fn preload(deployment: &Deployment, sessions: &[String]) {
         let webhook = integrations.verify(raw).expect("signed");
         let facts = payload::parse(Kind::Decision, webhook.body());
         let key = dedup::dedup_key(Kind::Decision, facts.as_ref(), webhook.body());
-        let envelope = Envelope::webhook(
-            topology.exchange(),
-            &webhook,
-            facts.as_ref(),
-            key,
-            Utc::now(),
-        );
+        let envelope = Envelope::webhook(&topology, &webhook, facts.as_ref(), key, Utc::now());
         // Not awaited one by one: wait_for_confirms below collects them all.
         let _confirm = channel
             .basic_publish(
-                envelope.exchange.as_str().into(),
-                envelope.routing_key.as_str().into(),
+                envelope.exchange().into(),
+                envelope.routing_key().into(),
                 BasicPublishOptions::default(),
-                &envelope.body,
-                envelope.properties(),
+                envelope.body(),
+                envelope.properties("bench"),
             )
             .await
             .expect("publish");

@@ -1,72 +1,89 @@
-//! Wiring: starts the roles a process runs (HTTP, later the worker) around one broker
-//! connection, and stops them together on a signal or when any of them dies.
+//! Wiring: starts the roles a process runs (HTTP, the worker) around one broker connection,
+//! supervises every long-running loop, and stops them together on a signal or as soon as any
+//! of them ends: a loop that dies brings the process down, visibly, and the orchestrator
+//! restarts it.
 
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use actix_web::dev::ServerHandle;
+use futures_util::FutureExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::http::{self, AppState, BearerAuth, ClientKeys, Ops, RateLimiter, Registration};
+use crate::error::{BoxError, chain};
+use crate::http::{self, AppState, BearerAuth, ClientKeys, Needs, Ops, RateLimiter, Registration};
 use crate::metrics::Metrics;
-use crate::queue::{Broker, Topology};
+use crate::queue::Broker;
+use crate::spool::Spool;
 use crate::storage;
 use crate::storage::notifications::Notifier;
 use crate::veriff::client::VeriffClient;
-use crate::veriff::signature::{Integration, Integrations};
-use crate::veriff::standin::StandIn;
-use crate::worker::Worker;
+use crate::worker::{Worker, WorkerSettings};
 
 /// Connections for the registration API of one process.
 const HTTP_POOL_SIZE: usize = 16;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A running process: its tasks, the token that stops them, and the broker connection's own
-/// token, cancelled last so that in-flight work can still ack and publish while it drains.
-pub struct Service {
-    http_addr: Option<SocketAddr>,
-    server: Option<ServerHandle>,
-    stop: CancellationToken,
-    broker_stop: CancellationToken,
-    tasks: JoinSet<Result<(), BoxError>>,
-}
-
-pub fn topology(config: &Config) -> Topology {
-    Topology::new(config.queue_prefix.clone(), config.retry_delays.0.clone())
-}
-
-/// What a process runs. The listener always serves the operational endpoints; with `api`
-/// also the webhooks and the registration API.
+/// What a process runs. The HTTP listener always serves the probes; with `api` also the
+/// webhooks and the registration API. `ops`, when given, serves the probes and `/metrics`,
+/// which then leave the HTTP listener.
 pub struct Roles {
     pub http: Option<TcpListener>,
+    pub ops: Option<TcpListener>,
     pub api: bool,
     pub worker: bool,
 }
 
+/// A running process: its supervised tasks, the token that stops them, and the broker
+/// connection, closed last so that in-flight work can still ack and publish while it drains.
+pub struct Service {
+    http_addr: Option<SocketAddr>,
+    ops_addr: Option<SocketAddr>,
+    servers: Vec<ServerHandle>,
+    stop: CancellationToken,
+    broker: Broker,
+    tasks: JoinSet<(&'static str, Result<(), BoxError>)>,
+}
+
 impl Service {
     /// Starts the requested roles around one broker connection.
-    pub fn start(config: &Config, dev: bool, roles: Roles) -> Result<Self, BoxError> {
-        let integrations = config.integrations(dev)?;
+    pub fn start(config: &Config, roles: Roles) -> Result<Self, BoxError> {
+        let integrations = config.integrations()?;
         let stop = CancellationToken::new();
-        let broker_stop = CancellationToken::new();
+        let name = match (roles.api, roles.worker) {
+            (true, true) => "run",
+            (true, false) => "serve",
+            (false, _) => "worker",
+        };
         let broker = Broker::start(
-            config.amqp_url.clone(),
-            topology(config),
-            broker_stop.clone(),
-        );
+            &config.amqp_urls(),
+            name,
+            config.topology(),
+            CancellationToken::new(),
+        )?;
         let metrics = Arc::new(Metrics::new());
-        let mut tasks = JoinSet::new();
-        let http_addr = roles
-            .http
-            .as_ref()
-            .map(TcpListener::local_addr)
-            .transpose()?;
-        let own_addr = http_addr.unwrap_or(config.http_addr);
+        let mut service = Self {
+            http_addr: roles
+                .http
+                .as_ref()
+                .map(TcpListener::local_addr)
+                .transpose()?,
+            ops_addr: roles
+                .ops
+                .as_ref()
+                .map(TcpListener::local_addr)
+                .transpose()?,
+            servers: Vec::new(),
+            stop,
+            broker: broker.clone(),
+            tasks: JoinSet::new(),
+        };
+        let own_addr = service.http_addr.unwrap_or(config.http_addr);
         let veriff = |callback_url| {
-            let base = config.veriff_base_url(dev, own_addr);
+            let base = config.veriff_base_url(own_addr);
             let us_base = config
                 .veriff_us_base_url
                 .clone()
@@ -82,79 +99,120 @@ impl Service {
 
         let mut worker_pool = None;
         if roles.worker {
-            let batches = usize::from(config.worker_concurrency);
-            // One connection per batch, one for the recorder, one for housekeeping.
-            let pool = storage::pool(&config.database_url, batches + 2)?;
+            let settings = WorkerSettings::from_config(config);
+            let pool = storage::pool(&config.database_url, Worker::pool_size(&settings))?;
             worker_pool = Some(pool.clone());
-            let worker = Arc::new(Worker {
+            tracing::info!(
+                batches = settings.batches,
+                batch_size = settings.batch_size,
+                "worker started"
+            );
+            let worker = Arc::new(Worker::new(
+                settings,
                 pool,
-                broker: broker.clone(),
-                integrations: integrations.clone(),
-                archive: config.archive_cipher(dev)?,
-                policy: config.policy(),
-                metrics: Arc::clone(&metrics),
-                batches,
-                batch_size: usize::from(config.worker_batch),
-                archive_retention: config.archive_retention,
-                veriff: Some(veriff(None)?),
-            });
-            tasks.spawn(worker.run(stop.clone()));
-            tracing::info!(batches, batch_size = config.worker_batch, "worker started");
+                broker.clone(),
+                integrations.clone(),
+                config.archive_cipher()?,
+                Arc::clone(&metrics),
+                Some(veriff(None)?),
+            ));
+            for (name, task) in worker.tasks(&service.stop) {
+                service.supervise(name, task);
+            }
         }
 
-        let mut server = None;
-        if let Some(listener) = roles.http {
-            let ops = Ops {
-                broker: broker.clone(),
-                metrics: Arc::clone(&metrics),
-                // Ingest needs only the broker; a worker needs the database too.
-                database: if roles.api { None } else { worker_pool },
-            };
-            let running = if roles.api {
-                let registration = Registration {
-                    pool: storage::pool(&config.database_url, HTTP_POOL_SIZE)?,
-                    veriff: veriff(Some(config.callback_url(dev, own_addr)?))?,
-                    urls: config.url_cipher(dev)?,
-                    policy: config.policy(),
-                    clients: ClientKeys::default(),
-                    limiter: RateLimiter::new(config.client_rate_limit),
-                    notifier: Notifier::start(config.database_url.clone(), stop.clone()),
-                    bearer: BearerAuth::new(config.jwt(dev)?)?,
-                };
-                let standin = match dev {
-                    true => Some(dev_standin(&integrations, own_addr)?),
-                    false => None,
-                };
-                let state = AppState {
-                    integrations,
-                    broker,
-                    metrics,
-                    registration,
-                };
-                http::server(state, ops, standin, listener)?
-            } else {
-                http::ops_server(ops, listener)?
-            };
-            server = Some(running.handle());
-            tasks.spawn(async move { running.await.map_err(BoxError::from) });
-            let endpoints = if roles.api {
-                "the API and operational endpoints"
-            } else {
-                "operational endpoints"
-            };
-            tracing::info!(addr = %own_addr, endpoints, "serving HTTP");
+        let api_pool = match roles.api {
+            true => Some(storage::pool(&config.database_url, HTTP_POOL_SIZE)?),
+            false => None,
+        };
+        let ops = Arc::new(Ops {
+            broker: broker.clone(),
+            metrics: Arc::clone(&metrics),
+            database: match (&api_pool, &worker_pool) {
+                (Some(pool), _) | (None, Some(pool)) => pool.clone(),
+                (None, None) => storage::pool(&config.database_url, 1)?,
+            },
+            needs: match roles.api {
+                true => Needs::BrokerOrDatabase,
+                false => Needs::BrokerAndDatabase,
+            },
+        });
+        let metrics_on_http = roles.ops.is_none();
+        if let Some(listener) = roles.ops {
+            let running = http::ops_server(Arc::clone(&ops), listener, true)?;
+            service.servers.push(running.handle());
+            service.supervise("ops server", async move { Ok(running.await?) });
         }
-        Ok(Self {
-            http_addr,
-            server,
-            stop,
-            broker_stop,
-            tasks,
-        })
+        if let Some(listener) = roles.http {
+            let running = match api_pool {
+                Some(pool) => {
+                    let (notifier, feed) =
+                        Notifier::new(config.database_url.clone(), service.stop.clone());
+                    service.supervise("notification listener", async move {
+                        feed.await;
+                        Ok(())
+                    });
+                    let registration = Registration {
+                        pool,
+                        veriff: veriff(Some(config.callback_url(own_addr)?))?,
+                        urls: config.url_cipher()?,
+                        policy: config.policy(),
+                        clients: ClientKeys::default(),
+                        limiter: RateLimiter::new(config.client_rate_limit),
+                        notifier,
+                        bearer: BearerAuth::new(config.jwt()?)?,
+                    };
+                    let spool = Spool::new(
+                        registration.pool.clone(),
+                        config.archive_cipher()?,
+                        Arc::clone(&metrics),
+                    );
+                    let relay = spool.relay(broker.clone());
+                    let stop = service.stop.clone();
+                    service.supervise("spool relay", relay.run(stop));
+                    let standin = match config.dev {
+                        true => Some(crate::dev::standin(&integrations, own_addr)?),
+                        false => None,
+                    };
+                    let state = AppState {
+                        integrations,
+                        broker,
+                        publish_timeout: config.publish_timeout,
+                        spool,
+                        metrics,
+                        registration,
+                    };
+                    http::server(state, ops, standin, listener, metrics_on_http)?
+                }
+                None => http::ops_server(ops, listener, metrics_on_http)?,
+            };
+            service.servers.push(running.handle());
+            service.supervise("HTTP server", async move { Ok(running.await?) });
+            tracing::info!(addr = %own_addr, role = name, "serving HTTP");
+        }
+        Ok(service)
+    }
+
+    /// Runs `task` until it ends; its end, a panic included, is reported with its name.
+    fn supervise<F>(&mut self, name: &'static str, task: F)
+    where
+        F: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.tasks.spawn(async move {
+            let outcome = match AssertUnwindSafe(task).catch_unwind().await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(format!("{name} panicked").into()),
+            };
+            (name, outcome)
+        });
     }
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_addr
     }
 
     /// Runs until SIGINT or SIGTERM, or until a task ends; then stops everything gracefully.
@@ -164,11 +222,15 @@ impl Service {
                 tracing::info!("shutting down");
                 Ok(())
             }
-            Some(ended) = self.tasks.join_next() => match ended {
-                Ok(Ok(())) => Err("a service task stopped unexpectedly".into()),
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(e.into()),
-            },
+            Some(ended) = self.tasks.join_next() => {
+                let error: BoxError = match ended {
+                    Ok((name, Ok(()))) => format!("{name} stopped unexpectedly").into(),
+                    Ok((name, Err(e))) => format!("{name} failed: {}", chain(&*e)).into(),
+                    Err(e) => e.into(),
+                };
+                tracing::error!(error = %chain(&*error), "a service task ended; stopping the process");
+                Err(error)
+            }
         };
         self.shutdown().await;
         outcome
@@ -176,33 +238,17 @@ impl Service {
 
     /// Stops accepting work, lets in-flight work finish, and waits for every task.
     pub async fn shutdown(mut self) {
-        if let Some(server) = self.server.take() {
+        for server in std::mem::take(&mut self.servers) {
             server.stop(true).await;
         }
         self.stop.cancel();
         while let Some(ended) = self.tasks.join_next().await {
-            if let Ok(Err(e)) = ended {
-                tracing::warn!(error = %e, "task ended with an error during shutdown");
+            if let Ok((name, Err(e))) = ended {
+                tracing::warn!(task = name, error = %chain(&*e), "task ended with an error during shutdown");
             }
         }
-        self.broker_stop.cancel();
+        self.broker.close().await;
     }
-}
-
-/// The local Veriff stand-in of `--dev`, signing with the EU integration's development secret.
-fn dev_standin(integrations: &Integrations, addr: SocketAddr) -> Result<StandIn, BoxError> {
-    let eu = integrations
-        .get(Integration::Eu)
-        .ok_or("no EU integration")?;
-    let secret = eu.signing_secret().ok_or("no EU shared secret")?;
-    tracing::warn!(
-        "--dev: a local Veriff stand-in is mounted at /dev/veriff with public development secrets"
-    );
-    Ok(StandIn::new(
-        format!("http://{addr}"),
-        eu.api_key().clone(),
-        secret.clone(),
-    )?)
 }
 
 async fn shutdown_signal() {

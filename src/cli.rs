@@ -1,26 +1,26 @@
 //! The `kyc` command line: one binary, one role per subcommand, sharing one [`Config`].
 
 use std::net::TcpListener;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 use chrono::{DateTime, Utc};
 
-use crate::app::{BoxError, Roles, Service};
+use crate::app::{Roles, Service};
 use crate::config::Config;
+use crate::error::BoxError;
 use crate::oncall::clients::ClientsCommand;
 use crate::oncall::dlq::DlqCommand;
 use crate::oncall::trigger::TriggerCommand;
-use crate::{oncall, storage, telemetry};
+use crate::oncall::verification::VerificationCommand;
+use crate::{dev, oncall, storage, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(name = "kyc", version, about = "Identity verification with Veriff", long_about = None)]
 pub struct Cli {
     #[command(flatten)]
     pub config: Config,
-    /// Development mode: public development secrets, a local Veriff stand-in, loopback only.
-    #[arg(long, global = true)]
-    pub dev: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -33,7 +33,7 @@ pub enum Command {
     Serve,
     /// The worker alone: applies webhooks, records dead letters, reconciles sessions.
     Worker,
-    /// Create the database if missing and apply the migrations.
+    /// Create the database if missing, apply the migrations, declare the broker's topology.
     Migrate,
     /// Manage the apps' client keys.
     #[command(subcommand)]
@@ -56,41 +56,56 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Recompute verification rows from their recorded facts with the current state machine
+    /// and policy (no bodies needed).
+    Recompute {
+        #[command(flatten)]
+        which: oncall::recompute::Which,
+        /// Say what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Explain verifications: the row, its sessions, every recorded input, and why.
+    #[command(subcommand)]
+    Verification(VerificationCommand),
     /// Send a correctly signed test webhook to a running receiver.
     #[command(subcommand)]
     Trigger(TriggerCommand),
+    /// Exit 0 if URL answers 2xx within 5 s, 1 otherwise (the container's health check).
+    Healthcheck { url: String },
 }
 
 pub async fn run(cli: Cli) -> Result<(), BoxError> {
-    let Cli {
-        config,
-        dev,
-        command,
-    } = cli;
+    let Cli { config, command } = cli;
     telemetry::init(config.log_format);
-    if dev {
+    if config.dev {
         config.check_dev_loopback()?;
     }
     match command {
         Command::Migrate => migrate(&config).await,
         Command::Clients(command) => oncall::clients::run(&config, command).await,
-        Command::Dlq(command) => oncall::dlq::run(&config, dev, command).await,
+        Command::Dlq(command) => oncall::dlq::run(&config, command).await,
         Command::Replay {
             session,
             since,
             until,
             dry_run,
-        } => oncall::replay::run(&config, dev, session, since, until, dry_run).await,
-        Command::Trigger(command) => oncall::trigger::run(&config, dev, command).await,
-        Command::Serve => start(&config, dev, true, false).await,
+        } => oncall::replay::run(&config, session, since, until, dry_run).await,
+        Command::Recompute { which, dry_run } => {
+            oncall::recompute::run(&config, which, dry_run).await
+        }
+        Command::Verification(command) => oncall::verification::run(&config, command).await,
+        Command::Trigger(command) => oncall::trigger::run(&config, command).await,
+        Command::Healthcheck { url } => healthcheck(&url).await,
+        Command::Serve => start(&config, true, false).await,
         // The worker's listener serves only /healthz, /readyz and /metrics.
-        Command::Worker => start(&config, dev, false, true).await,
+        Command::Worker => start(&config, false, true).await,
         Command::Run => {
             migrate(&config).await?;
-            if dev {
-                oncall::dev_guide::print(&config);
+            if config.dev {
+                dev::guide::print(&config);
             }
-            start(&config, dev, true, true).await
+            start(&config, true, true).await
         }
     }
 }
@@ -98,16 +113,34 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
 async fn migrate(config: &Config) -> Result<(), BoxError> {
     let applied = storage::migrate::run(&config.database_url).await?;
     tracing::info!(?applied, "database is up to date");
+    oncall::declare_topology(config).await?;
+    tracing::info!(prefix = %config.queue_prefix, "broker topology declared");
     Ok(())
 }
 
-async fn start(config: &Config, dev: bool, api: bool, worker: bool) -> Result<(), BoxError> {
-    let listener = TcpListener::bind(config.http_addr)
-        .map_err(|e| format!("cannot listen on KYC_HTTP_ADDR {}: {e}", config.http_addr))?;
+async fn start(config: &Config, api: bool, worker: bool) -> Result<(), BoxError> {
+    let bind = |addr, name| {
+        TcpListener::bind(addr).map_err(|e| format!("cannot listen on {name} {addr}: {e}"))
+    };
     let roles = Roles {
-        http: Some(listener),
+        http: Some(bind(config.http_addr, "KYC_HTTP_ADDR")?),
+        ops: config
+            .ops_addr
+            .map(|addr| bind(addr, "KYC_OPS_ADDR"))
+            .transpose()?,
         api,
         worker,
     };
-    Service::start(config, dev, roles)?.run_until_signal().await
+    Service::start(config, roles)?.run_until_signal().await
+}
+
+async fn healthcheck(url: &str) -> Result<(), BoxError> {
+    let http = crate::tls::client_builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let status = http.get(url).send().await?.status();
+    if !status.is_success() {
+        return Err(format!("{url} answered {status}").into());
+    }
+    Ok(())
 }

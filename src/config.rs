@@ -9,8 +9,9 @@ use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::crypto::Cipher;
+use crate::queue::Topology;
 use crate::state_machine::Policy;
-use crate::veriff::signature::{Integration, IntegrationKeys, Integrations};
+use crate::veriff::integration::{Integration, IntegrationKeys, Integrations};
 
 /// Development stand-ins for `--dev`: public by design, refused off loopback.
 const DEV_API_KEY: &str = "dev-veriff-api-key";
@@ -23,20 +24,31 @@ const VERIFF_BASE_URL: &str = "https://stationapi.veriff.com";
 
 #[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// PostgreSQL connection URL.
+    /// Development mode: public development secrets, a local Veriff stand-in, loopback only.
+    #[arg(long, global = true)]
+    pub dev: bool,
+
+    /// PostgreSQL connection URL [default: postgres://postgres@127.0.0.1:5432/kyc]. Honours
+    /// `sslmode` (disable, prefer, require, verify-ca, verify-full) and `sslrootcert`.
     #[arg(
         long,
         env = "KYC_DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/kyc",
+        hide_default_value = true,
+        hide_env_values = true,
         global = true
     )]
     pub database_url: String,
 
-    /// RabbitMQ connection URL.
+    /// RabbitMQ connection URL, or several comma-separated (one per cluster node, tried in
+    /// turn) [default: the local broker's guest user on 127.0.0.1:5672]. `amqps://` verifies
+    /// against the system's roots, or the CA file named by a `cacertfile` query parameter.
     #[arg(
         long,
         env = "KYC_AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_default_value = true,
+        hide_env_values = true,
         global = true
     )]
     pub amqp_url: String,
@@ -49,6 +61,15 @@ pub struct Config {
         global = true
     )]
     pub http_addr: SocketAddr,
+
+    /// When set, `/metrics` is served only on this address (not on KYC_HTTP_ADDR, which
+    /// Veriff reaches).
+    #[arg(long, env = "KYC_OPS_ADDR", global = true)]
+    pub ops_addr: Option<SocketAddr>,
+
+    /// How long a webhook waits for the broker's confirm before it is spooled to PostgreSQL.
+    #[arg(long, env = "KYC_PUBLISH_TIMEOUT", default_value = "2s", global = true, value_parser = parse_duration)]
+    pub publish_timeout: Duration,
 
     /// Prefix of every exchange and queue name, so deployments and tests can share a broker.
     #[arg(long, env = "KYC_QUEUE_PREFIX", default_value = "kyc", global = true, value_parser = parse_prefix)]
@@ -226,15 +247,30 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The exchange and queue names under this deployment's prefix, with its retry tiers.
+    pub fn topology(&self) -> Topology {
+        Topology::new(self.queue_prefix.clone(), self.retry_delays.0.clone())
+    }
+
+    /// The broker's addresses, in the order they are tried.
+    pub fn amqp_urls(&self) -> Vec<String> {
+        self.amqp_url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// The Veriff integrations whose secrets verify webhooks. Under `--dev` the EU
     /// integration falls back to the public development key and secret.
-    pub fn integrations(&self, dev: bool) -> Result<Integrations, ConfigError> {
-        let eu_key = match (&self.veriff_api_key, dev) {
+    pub fn integrations(&self) -> Result<Integrations, ConfigError> {
+        let eu_key = match (&self.veriff_api_key, self.dev) {
             (Some(key), _) => key.clone(),
             (None, true) => SecretString::from(DEV_API_KEY),
             (None, false) => return Err(ConfigError::Missing("KYC_VERIFF_API_KEY")),
         };
-        let eu_secrets = match (&self.veriff_shared_secrets, dev) {
+        let eu_secrets = match (&self.veriff_shared_secrets, self.dev) {
             (Some(list), _) => split_secrets(list, "KYC_VERIFF_SHARED_SECRETS")?,
             (None, true) => vec![SecretString::from(DEV_SHARED_SECRET)],
             (None, false) => return Err(ConfigError::Missing("KYC_VERIFF_SHARED_SECRETS")),
@@ -255,26 +291,39 @@ impl Config {
         ))
     }
 
-    pub fn archive_cipher(&self, dev: bool) -> Result<Cipher, ConfigError> {
-        cipher(
+    pub fn archive_cipher(&self) -> Result<Cipher, ConfigError> {
+        self.cipher(
             &self.archive_encryption_key,
-            dev,
             DEV_ARCHIVE_KEY,
             "KYC_ARCHIVE_ENCRYPTION_KEY",
         )
     }
 
-    pub fn url_cipher(&self, dev: bool) -> Result<Cipher, ConfigError> {
-        cipher(
+    pub fn url_cipher(&self) -> Result<Cipher, ConfigError> {
+        self.cipher(
             &self.url_encryption_key,
-            dev,
             DEV_URL_KEY,
             "KYC_URL_ENCRYPTION_KEY",
         )
     }
 
+    fn cipher(
+        &self,
+        key: &Option<SecretString>,
+        dev_key: &str,
+        name: &'static str,
+    ) -> Result<Cipher, ConfigError> {
+        let key = match (key, self.dev) {
+            (Some(key), _) => key.expose_secret().to_owned(),
+            (None, true) => dev_key.to_owned(),
+            (None, false) => return Err(ConfigError::Missing(name)),
+        };
+        Cipher::from_base64(&key)
+            .map_err(|_| ConfigError::Malformed(name, "expected base64 of 32 bytes"))
+    }
+
     /// How bearer tokens are verified: exactly one algorithm, with its key, audience and issuer.
-    pub fn jwt(&self, dev: bool) -> Result<JwtSettings, ConfigError> {
+    pub fn jwt(&self) -> Result<JwtSettings, ConfigError> {
         let key = match (&self.jwt_secret, &self.jwt_public_key_file) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::Malformed(
@@ -286,14 +335,14 @@ impl Config {
             (None, Some(path)) => JwtKey::Rs256Pem(std::fs::read(path).map_err(|_| {
                 ConfigError::Malformed("KYC_JWT_PUBLIC_KEY_FILE", "cannot be read")
             })?),
-            (None, None) if dev => JwtKey::Hs256(SecretString::from(DEV_JWT_SECRET)),
+            (None, None) if self.dev => JwtKey::Hs256(SecretString::from(DEV_JWT_SECRET)),
             (None, None) => {
                 return Err(ConfigError::Missing(
                     "KYC_JWT_SECRET or KYC_JWT_PUBLIC_KEY_FILE",
                 ));
             }
         };
-        let audience = match (&self.jwt_audience, dev) {
+        let audience = match (&self.jwt_audience, self.dev) {
             (Some(aud), _) => aud.clone(),
             (None, true) => DEV_JWT_AUDIENCE.to_owned(),
             (None, false) => return Err(ConfigError::Missing("KYC_JWT_AUDIENCE")),
@@ -306,8 +355,8 @@ impl Config {
     }
 
     /// Under `--dev`, the stand-in's page that ends the flow.
-    pub fn callback_url(&self, dev: bool, http_addr: SocketAddr) -> Result<String, ConfigError> {
-        match (&self.veriff_callback_url, dev) {
+    pub fn callback_url(&self, http_addr: SocketAddr) -> Result<String, ConfigError> {
+        match (&self.veriff_callback_url, self.dev) {
             (Some(url), _) => Ok(url.clone()),
             (None, true) => Ok(format!("http://{http_addr}/dev/done")),
             (None, false) => Err(ConfigError::Missing("KYC_VERIFF_CALLBACK_URL")),
@@ -315,8 +364,8 @@ impl Config {
     }
 
     /// Veriff's API; under `--dev`, unless pointed elsewhere on loopback, the local stand-in.
-    pub fn veriff_base_url(&self, dev: bool, http_addr: SocketAddr) -> String {
-        if dev && self.veriff_base_url == VERIFF_BASE_URL {
+    pub fn veriff_base_url(&self, http_addr: SocketAddr) -> String {
+        if self.dev && self.veriff_base_url == VERIFF_BASE_URL {
             format!("http://{http_addr}/dev/veriff")
         } else {
             self.veriff_base_url.clone()
@@ -331,43 +380,67 @@ impl Config {
     }
 
     /// `--dev` runs with public development secrets, so it must never reach anything real.
+    /// Addresses are read with the drivers' own parsers: what they will connect to, not
+    /// what the URL seems to say (`postgres://127.0.0.1/kyc?host=db.prod` connects to db.prod).
     pub fn check_dev_loopback(&self) -> Result<(), ConfigError> {
-        if !self.http_addr.ip().is_loopback() {
-            return Err(ConfigError::NotLoopback("KYC_HTTP_ADDR"));
+        let listens = [Some(self.http_addr), self.ops_addr];
+        if listens.into_iter().flatten().any(|a| !a.ip().is_loopback()) {
+            return Err(ConfigError::NotLoopback("KYC_HTTP_ADDR or KYC_OPS_ADDR"));
         }
-        let mut urls = vec![
-            ("KYC_DATABASE_URL", self.database_url.as_str()),
-            ("KYC_AMQP_URL", self.amqp_url.as_str()),
-        ];
+        if !postgres_is_loopback(&self.database_url) {
+            return Err(ConfigError::NotLoopback("KYC_DATABASE_URL"));
+        }
+        let urls = self.amqp_urls();
+        if urls.is_empty() || !urls.iter().all(|url| amqp_is_loopback(url)) {
+            return Err(ConfigError::NotLoopback("KYC_AMQP_URL"));
+        }
         // The default (Veriff itself) is replaced by the stand-in under --dev.
-        if self.veriff_base_url != VERIFF_BASE_URL {
-            urls.push(("KYC_VERIFF_BASE_URL", self.veriff_base_url.as_str()));
+        if self.veriff_base_url != VERIFF_BASE_URL && !http_is_loopback(&self.veriff_base_url) {
+            return Err(ConfigError::NotLoopback("KYC_VERIFF_BASE_URL"));
         }
-        if let Some(us) = &self.veriff_us_base_url {
-            urls.push(("KYC_VERIFF_US_BASE_URL", us.as_str()));
-        }
-        for (name, url) in urls {
-            if !url_host_is_loopback(url) {
-                return Err(ConfigError::NotLoopback(name));
-            }
+        if let Some(us) = &self.veriff_us_base_url
+            && !http_is_loopback(us)
+        {
+            return Err(ConfigError::NotLoopback("KYC_VERIFF_US_BASE_URL"));
         }
         Ok(())
     }
 }
 
-fn cipher(
-    key: &Option<SecretString>,
-    dev: bool,
-    dev_key: &str,
-    name: &'static str,
-) -> Result<Cipher, ConfigError> {
-    let key = match (key, dev) {
-        (Some(key), _) => key.expose_secret().to_owned(),
-        (None, true) => dev_key.to_owned(),
-        (None, false) => return Err(ConfigError::Missing(name)),
+fn is_loopback_name(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Every host tokio-postgres would try is this machine (a Unix socket is too).
+fn postgres_is_loopback(url: &str) -> bool {
+    use tokio_postgres::config::Host;
+    let Ok(config) = url.parse::<tokio_postgres::Config>() else {
+        return false;
     };
-    Cipher::from_base64(&key)
-        .map_err(|_| ConfigError::Malformed(name, "expected base64 of 32 bytes"))
+    let hosts_local = config.get_hosts().iter().all(|host| match host {
+        Host::Tcp(name) => is_loopback_name(name),
+        Host::Unix(_) => true,
+    });
+    let addrs_local = config.get_hostaddrs().iter().all(|ip| ip.is_loopback());
+    hosts_local && addrs_local
+}
+
+/// The host lapin would connect to is this machine.
+fn amqp_is_loopback(url: &str) -> bool {
+    url.parse::<lapin::uri::AMQPUri>()
+        .is_ok_and(|uri| is_loopback_name(&uri.authority.host))
+}
+
+/// The host an HTTP client would connect to is this machine.
+pub fn http_is_loopback(url: &str) -> bool {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|url| url.host_str().map(is_loopback_name))
+        .unwrap_or(false)
 }
 
 fn split_secrets(
@@ -386,24 +459,6 @@ fn split_secrets(
     Ok(secrets)
 }
 
-/// The host of `scheme://[user[:pass]@]host[:port]/...`, judged as loopback.
-pub fn url_host_is_loopback(url: &str) -> bool {
-    let Some((_, rest)) = url.split_once("://") else {
-        return false;
-    };
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if let Some(bracketed) = host_port.strip_prefix('[') {
-        bracketed.split(']').next().unwrap_or_default()
-    } else {
-        host_port.split(':').next().unwrap_or_default()
-    };
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 fn parse_prefix(s: &str) -> Result<String, String> {
     let valid = !s.is_empty()
         && s.len() <= 100
@@ -416,22 +471,17 @@ fn parse_prefix(s: &str) -> Result<String, String> {
     }
 }
 
-/// `30s`, `2m`, `1h`, `30d`, or plain seconds.
+/// A duration like `30s`, `2m`, `1h 30m` or `30d` (humantime's syntax), or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 30s, 2m, 1h or 30d"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("`{s}` has an unknown unit (use s, m, h or d)")),
-    };
-    Ok(Duration::from_secs(secs))
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("`{s}` is too long a duration"));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 30s, 2m, 1h or 30d: {e}"))
 }
 
 fn parse_delays(s: &str) -> Result<Delays, String> {
@@ -476,7 +526,13 @@ mod tests {
     fn durations_and_delays() {
         assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        // Too large for seconds: an error, not an overflow.
+        assert!(parse_duration("99999999999999999999999d").is_err());
+        assert!(parse_duration("99999999999999999999999").is_err());
         let Delays(d) = parse_delays("2m,5s,30s,10m").expect("valid delays");
         assert_eq!(d, [5, 30, 120, 600].map(Duration::from_secs));
         assert!(parse_delays("0s").is_err());
@@ -507,7 +563,43 @@ mod tests {
     fn dev_refuses_anything_off_loopback() {
         assert_eq!(parsed(&[]).check_dev_loopback(), Ok(()));
         let cases = [
-            (["--http-addr", "0.0.0.0:8080"], "KYC_HTTP_ADDR"),
+            (
+                ["--http-addr", "0.0.0.0:8080"],
+                "KYC_HTTP_ADDR or KYC_OPS_ADDR",
+            ),
+            (
+                ["--ops-addr", "10.0.0.1:9090"],
+                "KYC_HTTP_ADDR or KYC_OPS_ADDR",
+            ),
+            (
+                [
+                    "--database-url",
+                    "postgres://127.0.0.1/kyc?host=db.example.com",
+                ],
+                "KYC_DATABASE_URL",
+            ),
+            (
+                ["--database-url", "host=db.example.com dbname=kyc"],
+                "KYC_DATABASE_URL",
+            ),
+            (
+                [
+                    "--database-url",
+                    "postgres://127.0.0.1/kyc?hostaddr=10.1.2.3",
+                ],
+                "KYC_DATABASE_URL",
+            ),
+            (
+                [
+                    "--amqp-url",
+                    "amqp://127.0.0.1:5672/%2f,amqp://mq.example.com:5672/%2f",
+                ],
+                "KYC_AMQP_URL",
+            ),
+            (
+                ["--veriff-base-url", "http://127.0.0.1.example.com/"],
+                "KYC_VERIFF_BASE_URL",
+            ),
             (
                 ["--database-url", "postgres://u@db.example.com/kyc"],
                 "KYC_DATABASE_URL",
@@ -537,46 +629,56 @@ mod tests {
     fn missing_secrets_name_their_variable_outside_dev() {
         let bare = parsed(&[]);
         assert_eq!(
-            bare.integrations(false).map(|_| ()),
+            bare.integrations().map(|_| ()),
             Err(ConfigError::Missing("KYC_VERIFF_API_KEY"))
         );
         assert!(
-            bare.integrations(true).is_ok(),
+            parsed(&["--dev"]).integrations().is_ok(),
             "--dev fills in development secrets"
         );
         assert!(matches!(
-            bare.archive_cipher(false),
+            bare.archive_cipher(),
             Err(ConfigError::Missing("KYC_ARCHIVE_ENCRYPTION_KEY"))
         ));
         let short = parsed(&["--archive-encryption-key", "c2hvcnQ="]);
         assert!(matches!(
-            short.archive_cipher(false),
+            short.archive_cipher(),
             Err(ConfigError::Malformed("KYC_ARCHIVE_ENCRYPTION_KEY", _))
         ));
         assert!(matches!(
-            bare.jwt(false).map(|_| ()),
+            bare.jwt().map(|_| ()),
             Err(ConfigError::Missing(_))
         ));
         let no_audience = parsed(&["--jwt-secret", "s"]);
         assert!(matches!(
-            no_audience.jwt(false).map(|_| ()),
+            no_audience.jwt().map(|_| ()),
             Err(ConfigError::Missing("KYC_JWT_AUDIENCE"))
         ));
     }
 
     #[test]
-    fn loopback_hosts() {
-        assert!(url_host_is_loopback(
+    fn loopback_hosts_as_the_drivers_read_them() {
+        assert!(postgres_is_loopback(
             "postgres://postgres@127.0.0.1:5432/kyc"
         ));
-        assert!(url_host_is_loopback(
-            "amqp://guest:guest@localhost:5672/%2f"
+        assert!(postgres_is_loopback("postgres://postgres@localhost/kyc"));
+        assert!(postgres_is_loopback(
+            "postgresql:///kyc?host=/var/run/postgresql"
         ));
-        assert!(url_host_is_loopback("http://[::1]:8080/x"));
-        assert!(!url_host_is_loopback("postgres://u:p@db.example.com/kyc"));
-        assert!(!url_host_is_loopback(
-            "amqp://guest:guest@10.0.0.5:5672/%2f"
+        assert!(!postgres_is_loopback("postgres://u:p@db.example.com/kyc"));
+        assert!(!postgres_is_loopback(
+            "postgres://[::1]/kyc?host=db.example.com"
         ));
-        assert!(!url_host_is_loopback("not a url"));
+        assert!(amqp_is_loopback("amqp://guest:guest@localhost:5672/%2f"));
+        assert!(!amqp_is_loopback("amqp://guest:guest@10.0.0.5:5672/%2f"));
+        assert!(http_is_loopback("http://[::1]:8080/x"));
+        assert!(!http_is_loopback("not a url"));
+        assert!(!http_is_loopback("http://localhost.example.com/"));
+    }
+
+    #[test]
+    fn several_broker_urls() {
+        let config = parsed(&["--amqp-url", "amqp://a:1/%2f, amqp://b:2/%2f,"]);
+        assert_eq!(config.amqp_urls(), ["amqp://a:1/%2f", "amqp://b:2/%2f"]);
     }
 }

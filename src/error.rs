@@ -1,12 +1,41 @@
 //! The error catalogue: every error a client can see, with its HTTP status and stable
-//! `code`, rendered as an RFC 9457 problem document. Internal causes are logged, never sent.
+//! `code`, rendered as an RFC 9457 problem document. Internal causes are logged with their
+//! whole chain, never sent.
+
+use std::fmt;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use crate::storage::DbError;
 use crate::veriff::signature::SignatureError;
+
+/// Any error of a role or a command, with its causes.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Displays an error with every cause after it (`a: b: c`). A driver's own message is often
+/// only in the source (tokio-postgres says "db error" at the top), so every log line and
+/// every CLI failure that reports an error goes through this.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+/// `error = %chain(&e)` in a log line.
+pub fn chain<'a>(error: &'a (dyn std::error::Error + 'static)) -> Chain<'a> {
+    Chain(error)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -14,7 +43,9 @@ pub enum ApiError {
     InvalidSignature(#[from] SignatureError),
     #[error("the body exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
-    #[error("the message broker cannot take the webhook now; retry later")]
+    #[error("the request took too long to arrive")]
+    RequestTimeout,
+    #[error("neither the message broker nor the database can take the webhook now; retry later")]
     BrokerUnavailable,
     #[error("the service is not ready: {0}")]
     NotReady(&'static str),
@@ -44,6 +75,10 @@ pub enum ApiError {
     DatabaseUnavailable,
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// A broken invariant or a failed statement: logged with its chain where it happens,
+    /// answered with an opaque body.
+    #[error("internal error")]
+    Internal,
 }
 
 struct Entry {
@@ -57,6 +92,7 @@ impl ApiError {
         let (status, code, title) = match self {
             ApiError::InvalidSignature(_) => (401, "INVALID_SIGNATURE", "Invalid signature"),
             ApiError::PayloadTooLarge { .. } => (413, "PAYLOAD_TOO_LARGE", "Payload too large"),
+            ApiError::RequestTimeout => (408, "REQUEST_TIMEOUT", "Request timeout"),
             ApiError::BrokerUnavailable => (503, "BROKER_UNAVAILABLE", "Broker unavailable"),
             ApiError::NotReady(_) => (503, "NOT_READY", "Not ready"),
             ApiError::NotFound => (404, "NOT_FOUND", "Not found"),
@@ -74,6 +110,7 @@ impl ApiError {
             ApiError::ProviderUnavailable => (500, "PROVIDER_UNAVAILABLE", "Provider unavailable"),
             ApiError::DatabaseUnavailable => (503, "DATABASE_UNAVAILABLE", "Database unavailable"),
             ApiError::Unauthorized(_) => (401, "UNAUTHORIZED", "Unauthorized"),
+            ApiError::Internal => (500, "INTERNAL", "Internal error"),
         };
         Entry {
             status,
@@ -92,27 +129,43 @@ impl ApiError {
     }
 }
 
+/// A database failure reaches the client as 503 only when the database is really away;
+/// anything else is a bug or bad data: 500, with the chain in the log.
+impl From<DbError> for ApiError {
+    fn from(error: DbError) -> Self {
+        if error.is_outage() {
+            tracing::warn!(error = %chain(&error), "database unavailable");
+            ApiError::DatabaseUnavailable
+        } else {
+            tracing::error!(error = %chain(&error), "database statement failed");
+            ApiError::Internal
+        }
+    }
+}
+
 impl From<tokio_postgres::Error> for ApiError {
     fn from(error: tokio_postgres::Error) -> Self {
-        tracing::warn!(%error, "database error");
-        ApiError::DatabaseUnavailable
+        DbError::from(error).into()
     }
 }
 
 impl From<deadpool_postgres::PoolError> for ApiError {
     fn from(error: deadpool_postgres::PoolError) -> Self {
-        tracing::warn!(%error, "database pool error");
-        ApiError::DatabaseUnavailable
+        DbError::from(error).into()
     }
 }
 
 /// An RFC 9457 problem document with kyc's stable `code`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem<'a> {
+    /// Always `about:blank`: the `code` names the problem.
     #[serde(rename = "type")]
+    #[schema(example = "about:blank")]
     pub kind: &'static str,
     pub title: &'static str,
     pub status: u16,
+    /// Stable, machine-readable: clients branch on it.
+    #[schema(example = "ONBOARDING_EXPIRED")]
     pub code: &'static str,
     pub detail: &'a str,
 }
@@ -133,6 +186,9 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => {
                 response.insert_header((WWW_AUTHENTICATE, "Bearer"));
             }
+            ApiError::BrokerUnavailable | ApiError::DatabaseUnavailable => {
+                response.insert_header((RETRY_AFTER, "5"));
+            }
             _ => {}
         }
         response
@@ -144,5 +200,30 @@ impl ResponseError for ApiError {
                 code: entry.code,
                 detail: &detail,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner")]
+    struct Inner;
+
+    #[test]
+    fn chain_shows_every_cause() {
+        assert_eq!(chain(&Outer(Inner)).to_string(), "outer: inner");
+    }
+
+    #[test]
+    fn internal_errors_are_opaque() {
+        let response = ApiError::Internal.error_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(ApiError::Internal.to_string(), "internal error");
     }
 }

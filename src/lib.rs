@@ -2,14 +2,17 @@
 //! published durably to RabbitMQ, and applied exactly once to PostgreSQL by the worker.
 
 pub mod app;
+mod backoff;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod dev;
 pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod oncall;
 pub mod queue;
+pub mod spool;
 pub mod state_machine;
 pub mod storage;
 pub mod telemetry;

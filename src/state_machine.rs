@@ -146,20 +146,20 @@ impl SessionStatus {
         }
     }
 
+    pub const ALL: [Self; 9] = [
+        Self::Created,
+        Self::Started,
+        Self::Submitted,
+        Self::Review,
+        Self::ResubmissionRequested,
+        Self::Approved,
+        Self::Declined,
+        Self::Expired,
+        Self::Abandoned,
+    ];
+
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Created,
-            Self::Started,
-            Self::Submitted,
-            Self::Review,
-            Self::ResubmissionRequested,
-            Self::Approved,
-            Self::Declined,
-            Self::Expired,
-            Self::Abandoned,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == s)
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
     }
 
     /// Whether the session's URL may still be handed out (DESIGN.md section 4).

@@ -5,8 +5,18 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+/// Directives added to whatever RUST_LOG says: lapin logs every returned message at WARN
+/// with its body and headers, which carry personal data.
+pub const REDACTIONS: &str = "lapin::returned_messages=off";
+
+pub fn filter() -> EnvFilter {
+    let base = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    EnvFilter::try_new(format!("{base},{REDACTIONS}"))
+        .unwrap_or_else(|_| EnvFilter::new(format!("info,{REDACTIONS}")))
+}
+
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = filter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

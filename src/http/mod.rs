@@ -11,6 +11,7 @@ mod webhooks;
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::http::header::{CONTENT_LENGTH, HeaderMap};
@@ -21,24 +22,34 @@ use futures_util::StreamExt;
 
 pub use bearer::BearerAuth;
 pub use clients::{ClientKeys, RateLimiter};
-pub use ops::Ops;
+pub use ops::{Needs, Ops};
 
 use crate::crypto::Cipher;
+use crate::dev::StandIn;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::queue::Broker;
+use crate::spool::Spool;
 use crate::state_machine::Policy;
 use crate::storage::notifications::Notifier;
 use crate::veriff::client::VeriffClient;
-use crate::veriff::signature::Integrations;
-use crate::veriff::standin::StandIn;
+use crate::veriff::integration::Integrations;
 
 /// Largest webhook body accepted (DESIGN.md section 3).
 pub const BODY_LIMIT: usize = 1024 * 1024;
+/// The request head must arrive within this (actix's timer, cleared once the head is in).
+const HEAD_DEADLINE: Duration = Duration::from_secs(5);
+/// The whole body must arrive within this after the head: a slow sender cannot hold a
+/// connection (and its memory) for longer.
+const BODY_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct AppState {
     pub integrations: Integrations,
     pub broker: Broker,
+    /// How long a webhook waits for the broker's confirm (KYC_PUBLISH_TIMEOUT).
+    pub publish_timeout: Duration,
+    /// Where a webhook goes when the broker does not confirm it in time.
+    pub spool: Spool,
     pub metrics: Arc<Metrics>,
     pub registration: Registration,
 }
@@ -56,7 +67,8 @@ pub struct Registration {
     pub bearer: BearerAuth,
 }
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
+/// The API's routes: webhooks, registration, status, the OpenAPI document.
+fn api_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/webhooks/veriff")
             .route("/decision", web::post().to(webhooks::decision))
@@ -75,46 +87,54 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         "/v1/user/verification/status",
         web::get().to(status::user_status),
     )
-    .route("/openapi.json", web::get().to(openapi::document))
-    .configure(ops_routes);
+    .route("/openapi.json", web::get().to(openapi::document));
 }
 
-fn ops_routes(cfg: &mut web::ServiceConfig) {
+/// The probes, and `/metrics` unless it is served on KYC_OPS_ADDR only.
+fn ops_routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
     cfg.route("/healthz", web::get().to(ops::healthz))
-        .route("/readyz", web::get().to(ops::readyz))
-        .route("/metrics", web::get().to(ops::metrics));
+        .route("/readyz", web::get().to(ops::readyz));
+    if with_metrics {
+        cfg.route("/metrics", web::get().to(ops::metrics));
+    }
 }
 
-/// Binds the server to an already-open listener (port 0 in tests).
-/// `standin` mounts the local Veriff stand-in (`--dev` only).
+/// The public server: the API, the probes, `/metrics` when `with_metrics`, and under `--dev`
+/// the local Veriff stand-in. Binds to an already-open listener (port 0 in tests).
 pub fn server(
     state: AppState,
-    ops: Ops,
+    ops: Arc<Ops>,
     standin: Option<StandIn>,
     listener: TcpListener,
+    with_metrics: bool,
 ) -> std::io::Result<Server> {
     let state = web::Data::new(state);
     let standin = standin.map(web::Data::new);
     serve_with(ops, listener, move |cfg| {
         cfg.app_data(state.clone());
-        routes(cfg);
+        api_routes(cfg);
+        ops_routes(cfg, with_metrics);
         if let Some(standin) = &standin {
             cfg.app_data(standin.clone());
-            crate::veriff::standin::routes(cfg);
+            crate::dev::routes(cfg);
         }
     })
 }
 
-/// Only the operational endpoints, for a process without the API (`kyc worker`).
-pub fn ops_server(ops: Ops, listener: TcpListener) -> std::io::Result<Server> {
-    serve_with(ops, listener, ops_routes)
+/// Only the operational endpoints: `kyc worker`'s listener, and KYC_OPS_ADDR.
+pub fn ops_server(
+    ops: Arc<Ops>,
+    listener: TcpListener,
+    with_metrics: bool,
+) -> std::io::Result<Server> {
+    serve_with(ops, listener, move |cfg| ops_routes(cfg, with_metrics))
 }
 
-fn serve_with<F>(ops: Ops, listener: TcpListener, mount: F) -> std::io::Result<Server>
+fn serve_with<F>(ops: Arc<Ops>, listener: TcpListener, mount: F) -> std::io::Result<Server>
 where
     F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
 {
-    let ops = web::Data::new(ops);
+    let ops = web::Data::from(ops);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(ops.clone())
@@ -122,6 +142,7 @@ where
             .default_service(web::to(|| async { Err::<&str, _>(ApiError::NotFound) }))
     })
     .listen(listener)?
+    .client_request_timeout(HEAD_DEADLINE)
     // Signals are the service's to handle, so that every role stops together.
     .disable_signals()
     .shutdown_timeout(10)
@@ -129,7 +150,9 @@ where
     Ok(server)
 }
 
-/// Reads a body, refusing it as soon as it is known to exceed `limit`.
+/// Reads a body, refusing it as soon as it is known to exceed `limit`, or when it has not
+/// arrived whole within the deadline. Memory grows with the bytes that arrive, never ahead of
+/// them from a declared `Content-Length`.
 pub(crate) async fn read_limited(
     headers: &HeaderMap,
     mut body: web::Payload,
@@ -143,14 +166,19 @@ pub(crate) async fn read_limited(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large);
     }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(4096).min(limit));
-    while let Some(chunk) = body.next().await {
-        let chunk =
-            chunk.map_err(|_| ApiError::InvalidRequest("the request body could not be read"))?;
-        if buf.len() + chunk.len() > limit {
-            return Err(too_large);
+    let read = async {
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk
+                .map_err(|_| ApiError::InvalidRequest("the request body could not be read"))?;
+            if buf.len() + chunk.len() > limit {
+                return Err(too_large);
+            }
+            buf.extend_from_slice(&chunk);
         }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf)
+        Ok(buf)
+    };
+    tokio::time::timeout(BODY_DEADLINE, read)
+        .await
+        .unwrap_or(Err(ApiError::RequestTimeout))
 }

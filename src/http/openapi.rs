@@ -5,9 +5,9 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::status::Status;
 use super::{ops, registration, status, user, webhooks};
 use crate::error::Problem;
-use crate::storage::registration::Status;
 
 #[derive(OpenApi)]
 #[openapi(

@@ -11,10 +11,10 @@ use uuid::Uuid;
 use super::clients::Limit;
 use super::{AppState, read_limited};
 use crate::error::{ApiError, Problem};
-use crate::state_machine::SessionStatus;
+use crate::state_machine::{Retry, State};
 use crate::storage::registration::{self as reg, CurrentSession};
 use crate::storage::verifications as store;
-use crate::veriff::signature::Integration;
+use crate::veriff::integration::Integration;
 
 /// Requests are tiny; anything bigger is not one of ours.
 const BODY_LIMIT: usize = 16 * 1024;
@@ -103,7 +103,7 @@ pub async fn create(
     // Most calls come back for a session that is still usable: answered without a lock or a
     // write. (A session that turns final meanwhile is the same race as a request a moment earlier.)
     if let (Some(id), status) = reg::onboarding_status(&db, onboarding_id).await? {
-        refuse_by_state(&status.state, &status.retry)?;
+        refuse_by_state(status.state, status.retry)?;
         if let Some(answer) = reg::current_session(&db, id)
             .await?
             .and_then(|s| api.reusable(s))
@@ -118,10 +118,11 @@ pub async fn create(
     let id =
         reg::verification_of_onboarding(&tx, onboarding_id, onboarding.user_id.as_deref(), region)
             .await?;
-    let verification = store::lock(&tx, id)
-        .await?
-        .ok_or(ApiError::DatabaseUnavailable)?;
-    refuse_by_state(verification.state(), verification.retry())?;
+    let verification = store::lock(&tx, id).await?.ok_or_else(|| {
+        tracing::error!(verification = %id, "a verification just created or found is gone");
+        ApiError::Internal
+    })?;
+    refuse_by_state(verification.row.state, verification.row.retry)?;
     let answer = api
         .issue_session(tx, &verification, onboarding.user_id.as_deref())
         .await?;
@@ -129,10 +130,10 @@ pub async fn create(
 }
 
 /// A VERIFIED onboarding needs no session; a BLOCKED one may not have another.
-fn refuse_by_state(state: &str, retry: &str) -> Result<(), ApiError> {
+fn refuse_by_state(state: State, retry: Retry) -> Result<(), ApiError> {
     match (state, retry) {
-        ("VERIFIED", _) => Err(ApiError::AlreadyVerified),
-        (_, "BLOCKED") => Err(ApiError::VerificationBlocked),
+        (State::Verified, _) => Err(ApiError::AlreadyVerified),
+        (_, Retry::Blocked) => Err(ApiError::VerificationBlocked),
         _ => Ok(()),
     }
 }
@@ -153,13 +154,13 @@ impl super::Registration {
             tx.commit().await?;
             return Ok(reusable);
         }
-        let region = Integration::parse(&verification.region).unwrap_or(Integration::Eu);
+        let region = verification.region;
         let created = self
             .veriff
             .create_session(region, verification.id, user_id)
             .await
             .map_err(|error| {
-                tracing::warn!(%error, verification = %verification.id, "Veriff session creation failed");
+                tracing::warn!(error = %crate::error::chain(&error), verification = %verification.id, "Veriff session creation failed");
                 ApiError::ProviderUnavailable
             })?;
         let sealed = self.urls.seal(created.url.expose_secret().as_bytes());
@@ -185,7 +186,7 @@ impl super::Registration {
 
     /// The current session's answer, when it may be handed out again.
     fn reusable(&self, session: CurrentSession) -> Option<SessionAnswer> {
-        let usable = SessionStatus::parse(&session.status).is_some_and(|s| s.is_usable_status());
+        let usable = session.status.is_usable_status();
         let expires_at = session.expires_at?;
         if !usable || expires_at - Utc::now() <= REUSE_MARGIN {
             return None;

@@ -16,10 +16,37 @@ use uuid::Uuid;
 use super::AppState;
 use super::clients::Limit;
 use crate::error::{ApiError, Problem};
+use crate::state_machine::{Retry, State};
 use crate::storage::notifications::Notice;
-use crate::storage::registration::{self as reg, Status};
+use crate::storage::registration::{self as reg, VerificationStatus};
 
 const MAX_WAIT: u64 = 30;
+
+/// The public status of a verification, as the status endpoints answer it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    #[schema(value_type = String, example = "REJECTED")]
+    pub state: &'static str,
+    #[schema(value_type = String, example = "NEW_SESSION")]
+    pub retry: &'static str,
+    pub reason_code: Option<i32>,
+    pub reason: Option<String>,
+    /// `null` while the onboarding has no verification yet.
+    pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl From<VerificationStatus> for Status {
+    fn from(s: VerificationStatus) -> Self {
+        Self {
+            state: State::as_str(&s.state),
+            retry: Retry::as_str(&s.retry),
+            reason_code: s.reason_code,
+            reason: s.reason,
+            updated_at: s.updated_at,
+        }
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -105,11 +132,12 @@ async fn respond<F, Fut>(
 ) -> Result<HttpResponse, ApiError>
 where
     F: Fn() -> Fut,
-    Fut: Future<Output = Result<(Option<Uuid>, Status), ApiError>>,
+    Fut: Future<Output = Result<(Option<Uuid>, VerificationStatus), ApiError>>,
 {
     // Subscribed before the first read, so no change can slip between read and wait.
     let mut notices = state.registration.notifier.subscribe();
     let (mut verification, status) = read().await?;
+    let status = Status::from(status);
     let mut etag = etag_of(&status);
     let presented = req
         .headers()
@@ -132,6 +160,7 @@ where
         };
         if relevant {
             let (now_verification, status) = read().await?;
+            let status = Status::from(status);
             verification = now_verification;
             let current = etag_of(&status);
             if current != etag {

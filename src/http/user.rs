@@ -6,6 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::AppState;
 use crate::error::{ApiError, Problem};
+use crate::state_machine::Retry;
 use crate::storage::registration as reg;
 use crate::storage::verifications as store;
 
@@ -29,10 +30,11 @@ pub async fn verification(
     let mut db = api.pool.get().await?;
     let tx = db.transaction().await?;
     let id = reg::verification_of_user(&tx, &user).await?;
-    let verification = store::lock(&tx, id)
-        .await?
-        .ok_or(ApiError::DatabaseUnavailable)?;
-    if verification.retry() == "BLOCKED" {
+    let verification = store::lock(&tx, id).await?.ok_or_else(|| {
+        tracing::error!(verification = %id, "a verification just created or found is gone");
+        ApiError::Internal
+    })?;
+    if verification.row.retry == Retry::Blocked {
         return Err(ApiError::VerificationBlocked);
     }
     let answer = api.issue_session(tx, &verification, Some(&user)).await?;

@@ -5,8 +5,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 
 use super::{AppState, BODY_LIMIT, read_limited};
-use crate::error::{ApiError, Problem};
-use crate::queue::Envelope;
+use crate::error::{ApiError, Problem, chain};
+use crate::queue::{Envelope, PublishError};
 use crate::veriff::signature::{RawWebhook, SignatureHeaders};
 use crate::veriff::{Kind, dedup, payload};
 
@@ -20,10 +20,10 @@ use crate::veriff::{Kind, dedup, payload};
         ("X-AUTH-CLIENT" = Option<String>, Header, description = "The integration's API key"),
     ),
     responses(
-        (status = 200, description = "Durably queued (the broker confirmed it)"),
+        (status = 200, description = "Durable: the broker confirmed it, or it was committed to the spool"),
         (status = 401, description = "INVALID_SIGNATURE", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "PAYLOAD_TOO_LARGE (over 1 MiB)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "BROKER_UNAVAILABLE: retry later", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BROKER_UNAVAILABLE: neither the broker nor the spool could take it; retry later", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn decision(
@@ -44,10 +44,10 @@ pub async fn decision(
         ("X-AUTH-CLIENT" = Option<String>, Header, description = "The integration's API key"),
     ),
     responses(
-        (status = 200, description = "Durably queued (the broker confirmed it)"),
+        (status = 200, description = "Durable: the broker confirmed it, or it was committed to the spool"),
         (status = 401, description = "INVALID_SIGNATURE", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "PAYLOAD_TOO_LARGE (over 1 MiB)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "BROKER_UNAVAILABLE: retry later", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BROKER_UNAVAILABLE: neither the broker nor the spool could take it; retry later", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn event(
@@ -91,32 +91,49 @@ async fn receive(
 
     let facts = payload::parse(kind, webhook.body());
     let dedup_key = dedup::dedup_key(kind, facts.as_ref(), webhook.body());
+    let received_at = Utc::now();
+    let session = facts.as_ref().map(|f| f.session_id.as_str());
+    let parsed = facts.is_some();
     let envelope = Envelope::webhook(
-        state.broker.topology().exchange(),
+        state.broker.topology(),
         &webhook,
         facts.as_ref(),
         dedup_key,
-        Utc::now(),
+        received_at,
     );
-    let session = facts.as_ref().map(|f| f.session_id.as_str());
-    match state.broker.publish(&envelope).await {
+    let dedup_key = envelope.message_id();
+    // The broker first; while it is away or slow, the spool. A confirm that comes back after
+    // the timeout makes the webhook both published and spooled: the worker's dedup absorbs it.
+    let published = match state.broker.is_connected() {
+        true => state.broker.publish(&envelope, state.publish_timeout).await,
+        false => Err(PublishError::NotConnected),
+    };
+    let error = match published {
         Ok(took) => {
             state
                 .metrics
                 .publish_confirm_seconds
                 .with_label_values(&[kind.as_str()])
                 .observe(took.as_secs_f64());
-            count(if facts.is_some() {
-                "accepted"
-            } else {
-                "unparsed"
-            });
-            tracing::debug!(%kind, dedup_key = %envelope.message_id, session, integration = %webhook.integration(), "webhook accepted");
+            count(if parsed { "accepted" } else { "unparsed" });
+            tracing::debug!(%kind, dedup_key, session, integration = %webhook.integration(), "webhook accepted");
+            return Ok(HttpResponse::Ok().finish());
+        }
+        Err(error) => error,
+    };
+    match state
+        .spool
+        .store(&webhook, dedup_key, parsed, received_at)
+        .await
+    {
+        Ok(()) => {
+            count("spooled");
+            tracing::info!(%kind, dedup_key, session, broker = %chain(&error), "webhook spooled: the broker did not confirm it");
             Ok(HttpResponse::Ok().finish())
         }
-        Err(error) => {
-            count("broker_unavailable");
-            tracing::warn!(%kind, dedup_key = %envelope.message_id, session, %error, "webhook not published");
+        Err(spool_error) => {
+            count("unavailable");
+            tracing::error!(%kind, dedup_key, session, broker = %chain(&error), spool = %chain(&spool_error), "webhook refused: neither the broker nor the spool could take it");
             Err(ApiError::BrokerUnavailable)
         }
     }

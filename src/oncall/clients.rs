@@ -1,7 +1,7 @@
 //! `kyc clients`: the apps' client keys.
 
-use crate::app::BoxError;
 use crate::config::Config;
+use crate::error::BoxError;
 use crate::storage;
 
 #[derive(Debug, clap::Subcommand)]
@@ -20,7 +20,7 @@ pub enum ClientsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a client: its key stops working within seconds.
+    /// Revoke a client: every running kyc refuses its key within a second.
     Revoke { id: uuid::Uuid },
 }
 

@@ -2,25 +2,28 @@
 //! body and headers to the main queue, waits for the confirm, and only then marks the row
 //! replayed: a crash in between republishes at worst twice, which the worker absorbs.
 
-use tokio_util::sync::CancellationToken;
+use std::time::Duration;
+
 use uuid::Uuid;
 
 use super::{actor, connect_broker, short_time};
-use crate::app::BoxError;
 use crate::config::Config;
+use crate::error::BoxError;
 use crate::queue::Envelope;
-use crate::queue::message::{
-    HEADER_ATTEMPTS, HEADER_DEAD_LETTER_ID, HEADER_DEAD_REASON, HEADER_FIRST_FAILURE, HEADER_KIND,
-    HEADER_LAST_FAILURE, header_str, headers_from_json, routing_key,
-};
 use crate::storage::dead_letters::{self as store, DeadLetter, Selection};
-use crate::storage::{self};
+use crate::storage::{self, audit};
 use crate::veriff::{Kind, payload};
+
+/// How long a replayed letter waits for the broker's confirm.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, clap::Subcommand)]
 pub enum DlqCommand {
-    /// List dead letters, newest first.
+    /// List the dead letters that still need action (not replayed, not purged), newest first.
     List {
+        /// Every dead letter, with its replay and purge times.
+        #[arg(long)]
+        all: bool,
         /// Only this reason (e.g. UNKNOWN_SESSION).
         #[arg(long)]
         reason: Option<String>,
@@ -37,7 +40,7 @@ pub enum DlqCommand {
         #[arg(long)]
         raw: bool,
     },
-    /// Republish dead letters to the main queue (those not replayed yet).
+    /// Republish dead letters to the main queue (those not replayed or purged yet).
     Replay {
         #[command(flatten)]
         which: Which,
@@ -45,7 +48,7 @@ pub enum DlqCommand {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Delete dead letters for good.
+    /// Purge dead letters: their bodies are deleted for good, the rows stay as a record.
     Purge {
         #[arg(long = "id", num_args = 1.., required_unless_present = "before", conflicts_with = "before")]
         ids: Vec<Uuid>,
@@ -87,16 +90,17 @@ impl Which {
     }
 }
 
-pub async fn run(config: &Config, dev: bool, command: DlqCommand) -> Result<(), BoxError> {
+pub async fn run(config: &Config, command: DlqCommand) -> Result<(), BoxError> {
     let pool = storage::pool(&config.database_url, 1)?;
     let db = pool.get().await?;
     match command {
         DlqCommand::List {
+            all,
             reason,
             limit,
             json,
         } => {
-            let letters = store::list(&db, reason.as_deref(), limit).await?;
+            let letters = store::list(&db, reason.as_deref(), all, limit).await?;
             if json {
                 for letter in &letters {
                     println!("{}", serde_json::to_string(letter)?);
@@ -111,13 +115,13 @@ pub async fn run(config: &Config, dev: bool, command: DlqCommand) -> Result<(), 
                 .ok_or_else(|| format!("no dead letter {id}"))?;
             println!("{}", serde_json::to_string_pretty(&letter)?);
             let body = match &letter.body_ciphertext {
-                Some(sealed) => Some(config.archive_cipher(dev)?.open(sealed)?),
+                Some(sealed) => Some(config.archive_cipher()?.open(sealed)?),
                 None => None,
             };
             match (&body, raw) {
-                (None, _) => println!("body: past retention (deleted)"),
+                (None, _) => println!("body: past retention or purged (deleted)"),
                 (Some(body), true) => {
-                    store::audit(&db, &actor(), "dlq.show.raw", Some(&id.to_string()), None)
+                    audit::record(&db, &actor(), "dlq.show.raw", Some(&id.to_string()), None)
                         .await?;
                     println!(
                         "body (raw, access recorded):\n{}",
@@ -134,9 +138,8 @@ pub async fn run(config: &Config, dev: bool, command: DlqCommand) -> Result<(), 
                 print_table(&letters);
                 return Ok(());
             }
-            let archive = config.archive_cipher(dev)?;
-            let stop = CancellationToken::new();
-            let broker = connect_broker(config, &stop).await?;
+            let archive = config.archive_cipher()?;
+            let broker = connect_broker(config).await?;
             let (mut replayed, mut expired) = (0, 0);
             for letter in &letters {
                 let Some(sealed) = &letter.body_ciphertext else {
@@ -145,13 +148,17 @@ pub async fn run(config: &Config, dev: bool, command: DlqCommand) -> Result<(), 
                     continue;
                 };
                 let body = archive.open(sealed)?;
-                broker
-                    .publish(&replay_envelope(
-                        &broker.topology().exchange(),
-                        letter,
-                        body,
-                    ))
-                    .await?;
+                let envelope = Envelope::dead_letter_replay(
+                    broker.topology(),
+                    &letter.headers,
+                    letter.message_id.as_deref(),
+                    body.into(),
+                    Uuid::new_v4(),
+                );
+                if let Err(error) = broker.publish(&envelope, REPLAY_TIMEOUT).await {
+                    broker.close().await;
+                    return Err(error.into());
+                }
                 store::mark_replayed(&db, letter.id).await?;
                 println!(
                     "{}  replayed ({}, {})",
@@ -161,7 +168,7 @@ pub async fn run(config: &Config, dev: bool, command: DlqCommand) -> Result<(), 
                 );
                 replayed += 1;
             }
-            stop.cancel();
+            broker.close().await;
             println!("{replayed} replayed, {expired} past retention");
         }
         DlqCommand::Purge { ids, before, yes } => {
@@ -178,37 +185,11 @@ pub async fn run(config: &Config, dev: bool, command: DlqCommand) -> Result<(), 
                 .into());
             }
             let ids: Vec<Uuid> = letters.iter().map(|l| l.id).collect();
-            let deleted = store::delete(&db, &ids).await?;
-            println!("{deleted} dead letter(s) purged");
+            let purged = store::purge(&db, &ids).await?;
+            println!("{purged} dead letter(s) purged");
         }
     }
     Ok(())
-}
-
-/// The original message: body and headers as they first arrived, the failure bookkeeping
-/// removed so that the worker starts afresh.
-fn replay_envelope(exchange: &str, letter: &DeadLetter, body: Vec<u8>) -> Envelope {
-    let mut original = letter.headers.clone();
-    if let Some(map) = original.as_object_mut() {
-        for name in [
-            HEADER_ATTEMPTS,
-            HEADER_FIRST_FAILURE,
-            HEADER_LAST_FAILURE,
-            HEADER_DEAD_REASON,
-            HEADER_DEAD_LETTER_ID,
-        ] {
-            map.remove(name);
-        }
-    }
-    let headers = headers_from_json(&original);
-    let kind = header_str(&headers, HEADER_KIND).and_then(Kind::parse);
-    Envelope {
-        exchange: exchange.to_owned(),
-        routing_key: routing_key(kind, &body).to_owned(),
-        message_id: letter.message_id.clone().unwrap_or_default(),
-        headers,
-        body: body.into(),
-    }
 }
 
 /// The non-personal facts of a body, as one line.
@@ -228,12 +209,12 @@ fn facts(letter: &DeadLetter, body: &[u8]) -> String {
 
 fn print_table(letters: &[DeadLetter]) {
     println!(
-        "{:<36}  {:<8}  {:<36}  {:<17}  {:>8}  {:<19}  {:<19}  REPLAYED",
-        "ID", "KIND", "SESSION", "REASON", "ATTEMPTS", "FIRST FAILURE", "LAST FAILURE"
+        "{:<36}  {:<8}  {:<36}  {:<17}  {:>8}  {:<19}  {:<19}  {:<19}  PURGED",
+        "ID", "KIND", "SESSION", "REASON", "ATTEMPTS", "FIRST FAILURE", "LAST FAILURE", "REPLAYED"
     );
     for l in letters {
         println!(
-            "{:<36}  {:<8}  {:<36}  {:<17}  {:>8}  {:<19}  {:<19}  {}",
+            "{:<36}  {:<8}  {:<36}  {:<17}  {:>8}  {:<19}  {:<19}  {:<19}  {}",
             l.id,
             l.kind.as_deref().unwrap_or("-"),
             l.session_id.as_deref().unwrap_or("-"),
@@ -242,6 +223,7 @@ fn print_table(letters: &[DeadLetter]) {
             short_time(l.first_failure),
             short_time(l.last_failure),
             short_time(l.replayed_at),
+            short_time(l.purged_at),
         );
     }
 }

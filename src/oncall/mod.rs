@@ -1,31 +1,47 @@
-//! On-call and operator tooling behind the CLI: client keys, dead letters, replays, test
-//! webhooks, and the development walk-through.
+//! On-call and operator tooling behind the CLI: client keys, dead letters, replays,
+//! recomputation, the verification timeline and test webhooks.
 
 pub mod clients;
-pub mod dev_guide;
 pub mod dlq;
+pub mod recompute;
 pub mod replay;
 pub mod trigger;
+pub mod verification;
 
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{BoxError, topology};
 use crate::config::Config;
+use crate::error::BoxError;
 use crate::queue::Broker;
 
+/// How long a one-off command waits for the broker.
+const BROKER_WAIT: Duration = Duration::from_secs(15);
+
 /// A broker connection for a one-off command, or an error when it cannot be had soon.
-pub(crate) async fn connect_broker(
-    config: &Config,
-    stop: &CancellationToken,
-) -> Result<Broker, BoxError> {
-    let broker = Broker::start(config.amqp_url.clone(), topology(config), stop.clone());
-    match tokio::time::timeout(Duration::from_secs(15), broker.connection()).await {
+/// Close it with [`Broker::close`] so the command exits quietly.
+pub(crate) async fn connect_broker(config: &Config) -> Result<Broker, BoxError> {
+    let broker = Broker::start(
+        &config.amqp_urls(),
+        "cli",
+        config.topology(),
+        CancellationToken::new(),
+    )?;
+    match tokio::time::timeout(BROKER_WAIT, broker.connection()).await {
         Ok(Some(_)) => Ok(broker),
-        _ => Err("RabbitMQ is unreachable (KYC_AMQP_URL)".into()),
+        _ => {
+            broker.close().await;
+            Err("RabbitMQ is unreachable (KYC_AMQP_URL)".into())
+        }
     }
+}
+
+/// Declares the exchanges and queues (every connection does; this is one that does only that).
+pub(crate) async fn declare_topology(config: &Config) -> Result<(), BoxError> {
+    connect_broker(config).await?.close().await;
+    Ok(())
 }
 
 /// Who runs a command, for the audit log.

@@ -6,10 +6,11 @@ use chrono::{SecondsFormat, Utc};
 use uuid::Uuid;
 
 use super::actor;
-use crate::app::BoxError;
-use crate::config::{Config, url_host_is_loopback};
-use crate::storage::{self, dead_letters::audit};
-use crate::veriff::signature::{Integration, sign};
+use crate::config::{Config, http_is_loopback};
+use crate::error::BoxError;
+use crate::storage::{self, audit};
+use crate::veriff::integration::Integration;
+use crate::veriff::signature::sign;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TriggerCommand {
@@ -45,7 +46,7 @@ pub struct Target {
     reason: Option<String>,
 }
 
-pub async fn run(config: &Config, dev: bool, command: TriggerCommand) -> Result<(), BoxError> {
+pub async fn run(config: &Config, command: TriggerCommand) -> Result<(), BoxError> {
     let (kind, body, target) = match command {
         TriggerCommand::Decision {
             status,
@@ -79,11 +80,15 @@ pub async fn run(config: &Config, dev: bool, command: TriggerCommand) -> Result<
         let pool = storage::pool(&config.database_url, 1)?;
         let db = pool.get().await?;
         let subject = format!("{kind} for session {} to {base}", target.session);
-        audit(&db, &actor(), "trigger", Some(&subject), Some(reason)).await?;
+        audit::record(&db, &actor(), "trigger", Some(&subject), Some(reason)).await?;
     }
 
     // A --dev instance verifies with the public development secret.
-    let integrations = config.integrations(dev || dev_target)?;
+    let integrations = Config {
+        dev: config.dev || dev_target,
+        ..config.clone()
+    }
+    .integrations()?;
     let keys = integrations
         .get(Integration::Eu)
         .ok_or("no EU integration configured")?;
@@ -105,7 +110,7 @@ pub async fn run(config: &Config, dev: bool, command: TriggerCommand) -> Result<
 
 /// A `--dev` instance is on loopback and mounts the Veriff stand-in.
 async fn is_dev_instance(http: &reqwest::Client, base: &str) -> bool {
-    if !url_host_is_loopback(base) {
+    if !http_is_loopback(base) {
         return false;
     }
     let probe = http.get(format!("{base}/dev/done")).send().await;

@@ -1,23 +1,37 @@
-//! One long-lived RabbitMQ connection that heals itself. A supervisor task connects,
-//! declares the topology and opens a confirm-mode channel; when the connection fails it
-//! starts over with backoff. Publishers share the channel concurrently, each awaiting only
-//! its own confirm, so publishing never serialises requests.
+//! One long-lived RabbitMQ connection that heals itself, over one or several broker
+//! addresses (the nodes of a cluster, tried in turn). A supervisor task connects, declares the
+//! topology and keeps the link; when the connection fails it starts over with backoff.
+//!
+//! Publishing uses a pool of confirm-mode channels, each carrying **one publish at a time**.
+//! lapin hands a `basic.return` to whichever confirm of the channel completes next (and walks
+//! RabbitMQ's multiple-acks in hash-map order), so with several publishes in flight on one
+//! channel an unroutable message can be reported as confirmed and a routable one as returned.
+//! With one in flight per channel the return and the confirm are always the same publish's;
+//! a per-publish id in the headers checks it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::uri::AMQPUri;
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, Event};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::message::{HEADER_PUBLISH_ID, header_str};
 use super::{Envelope, Topology};
+use crate::backoff::Backoff;
+use crate::error::chain;
 
-/// Longest a publisher waits for the broker before answering "unavailable".
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Publishes in flight at once per process: one channel each.
+const PUBLISH_CHANNELS: usize = 128;
+/// How long one broker address may take to accept a connection before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Heartbeat asked for when the URL sets none: a dead link is noticed within two of them.
+const HEARTBEAT_SECS: u16 = 10;
+/// Re-declaring the topology after an unroutable publish, at most this often.
+const REDECLARE_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -29,27 +43,28 @@ pub enum PublishError {
     Nacked,
     #[error("the message could not be routed to any queue")]
     Unroutable,
-    #[error("broker: {0}")]
+    #[error("broker")]
     Amqp(#[from] lapin::Error),
 }
 
 #[derive(Clone)]
 struct Link {
     connection: Arc<Connection>,
-    publisher: Channel,
-    generation: u64,
+    channels: Arc<ChannelPool>,
 }
 
 struct Inner {
-    url: String,
+    urls: Vec<AMQPUri>,
+    name: String,
     topology: Topology,
     link: RwLock<Option<Link>>,
-    /// Highest generation a publisher saw fail; the supervisor replaces that link.
-    failed_generation: AtomicU64,
-    failed: Notify,
     /// The generation of the live link, 0 while there is none.
     connected: watch::Sender<u64>,
+    /// An unroutable publish asks the supervisor to declare the topology again.
+    redeclare: Notify,
     stop: CancellationToken,
+    /// The supervisor, awaited by `close` so that the connection is closed cleanly.
+    supervisor: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// A cheap handle to the shared connection.
@@ -58,30 +73,67 @@ pub struct Broker {
     inner: Arc<Inner>,
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("KYC_AMQP_URL: {0}")]
+pub struct BadUrl(String);
+
 impl Broker {
-    /// Starts the supervisor on the current runtime. It runs until `stop` is cancelled.
-    pub fn start(url: String, topology: Topology, stop: CancellationToken) -> Self {
+    /// Starts the supervisor on the current runtime; it runs until `stop` is cancelled.
+    /// `name` tells the broker's operators which kyc role holds the connection.
+    pub fn start(
+        urls: &[String],
+        name: &str,
+        topology: Topology,
+        stop: CancellationToken,
+    ) -> Result<Self, BadUrl> {
+        let urls = urls
+            .iter()
+            .map(|url| parse_uri(url))
+            .collect::<Result<Vec<_>, _>>()?;
+        if urls.is_empty() {
+            return Err(BadUrl("no broker address".into()));
+        }
         let (connected, _) = watch::channel(0);
         let inner = Arc::new(Inner {
-            url,
+            urls,
+            name: name.to_owned(),
             topology,
             link: RwLock::new(None),
-            failed_generation: AtomicU64::new(0),
-            failed: Notify::new(),
             connected,
+            redeclare: Notify::new(),
             stop,
+            supervisor: Mutex::new(None),
         });
-        tokio::spawn(supervise(Arc::clone(&inner)));
-        Self { inner }
+        let supervisor = tokio::spawn(supervise(Arc::clone(&inner)));
+        *inner
+            .supervisor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(supervisor);
+        Ok(Self { inner })
     }
 
     pub fn topology(&self) -> &Topology {
         &self.inner.topology
     }
 
+    /// Stops the supervisor and waits until it has closed the connection: a process that
+    /// exits with the connection open makes lapin log errors about it.
+    pub async fn close(&self) {
+        self.inner.stop.cancel();
+        let supervisor = self
+            .inner
+            .supervisor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(supervisor) = supervisor {
+            let _ = supervisor.await;
+        }
+    }
+
     pub fn is_connected(&self) -> bool {
         self.current()
-            .is_some_and(|l| l.connection.status().connected() && l.publisher.status().connected())
+            .is_some_and(|l| l.connection.status().connected())
     }
 
     /// The connection if there is one now, without waiting.
@@ -104,16 +156,28 @@ impl Broker {
         }
     }
 
-    /// Publishes persistently with `mandatory`, and returns once the broker confirmed it.
-    /// Returns the time the confirm took.
-    pub async fn publish(&self, envelope: &Envelope) -> Result<Duration, PublishError> {
+    /// Publishes persistently with `mandatory`, and returns once the broker confirmed it, with
+    /// the time the confirm took. A timeout gives up this publish's channel only: the
+    /// connection, which consumers share, stays.
+    pub async fn publish(
+        &self,
+        envelope: &Envelope,
+        timeout: Duration,
+    ) -> Result<Duration, PublishError> {
         let link = self.current().ok_or(PublishError::NotConnected)?;
         let started = Instant::now();
-        let outcome = tokio::time::timeout(PUBLISH_TIMEOUT, publish_on(&link.publisher, envelope))
-            .await
-            .unwrap_or(Err(PublishError::Timeout));
-        if matches!(outcome, Err(PublishError::Amqp(_) | PublishError::Timeout)) {
-            self.report_failure(link.generation);
+        let outcome = tokio::time::timeout(timeout, async {
+            let mut lease = link.channels.lease().await?;
+            let outcome = publish_on(&lease.channel, envelope).await;
+            if matches!(outcome, Ok(()) | Err(PublishError::Unroutable)) {
+                lease.keep();
+            }
+            outcome
+        })
+        .await
+        .unwrap_or(Err(PublishError::Timeout));
+        if matches!(outcome, Err(PublishError::Unroutable)) {
+            self.inner.redeclare.notify_one();
         }
         outcome.map(|()| started.elapsed())
     }
@@ -125,16 +189,21 @@ impl Broker {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
+}
 
-    fn report_failure(&self, generation: u64) {
-        self.inner
-            .failed_generation
-            .fetch_max(generation, Ordering::SeqCst);
-        self.inner.failed.notify_one();
+fn parse_uri(url: &str) -> Result<AMQPUri, BadUrl> {
+    // The URL holds credentials: the error names the problem, never the URL.
+    let mut uri: AMQPUri = url
+        .parse()
+        .map_err(|_| BadUrl("not an amqp:// or amqps:// URL".into()))?;
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = Some(HEARTBEAT_SECS);
     }
+    Ok(uri)
 }
 
 async fn publish_on(channel: &Channel, envelope: &Envelope) -> Result<(), PublishError> {
+    let publish_id = uuid::Uuid::new_v4().simple().to_string();
     let confirm = channel
         .basic_publish(
             envelope.exchange.as_str().into(),
@@ -144,90 +213,208 @@ async fn publish_on(channel: &Channel, envelope: &Envelope) -> Result<(), Publis
                 ..BasicPublishOptions::default()
             },
             &envelope.body,
-            envelope.properties(),
+            envelope.properties(&publish_id),
         )
         .await?
         .await?;
     match confirm {
         Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable),
+        Confirmation::Ack(Some(returned)) => {
+            let ours = returned
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| header_str(h, HEADER_PUBLISH_ID))
+                == Some(publish_id.as_str());
+            if !ours {
+                // Cannot happen with one publish in flight per channel; if it does, this
+                // publish is not known to be routed, so it is not reported as confirmed.
+                tracing::error!("the broker returned another publish's message on this channel");
+            }
+            Err(PublishError::Unroutable)
+        }
         Confirmation::Nack(_) => Err(PublishError::Nacked),
         // The channel is always in confirm mode; anything else means it was replaced.
         Confirmation::NotRequested => Err(PublishError::NotConnected),
     }
 }
 
-async fn supervise(inner: Arc<Inner>) {
-    let mut backoff = Duration::from_millis(100);
-    let mut generation = 0;
-    while !inner.stop.is_cancelled() {
-        let opened = tokio::select! {
-            opened = open(&inner) => opened,
-            () = inner.stop.cancelled() => break,
-        };
-        match opened {
-            Ok((connection, publisher)) => {
-                generation += 1;
-                backoff = Duration::from_millis(100);
-                let connection = Arc::new(connection);
-                let mut events = connection.events_listener();
-                *inner
-                    .link
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Link {
-                    connection: Arc::clone(&connection),
-                    publisher,
-                    generation,
-                });
-                inner.connected.send_replace(generation);
-                tracing::info!(generation, "connected to the broker");
+/// Confirm-mode channels on one connection, each lent to one publish at a time.
+struct ChannelPool {
+    connection: Arc<Connection>,
+    idle: Mutex<Vec<Channel>>,
+    permits: Arc<Semaphore>,
+}
 
-                let failed = async {
-                    loop {
-                        inner.failed.notified().await;
-                        if inner.failed_generation.load(Ordering::SeqCst) >= generation {
-                            break;
-                        }
-                    }
-                };
-                let lost = async {
-                    while let Some(event) = events.next().await {
-                        if let Event::Error(error) = event {
-                            tracing::warn!(%error, "broker connection failed");
-                            return;
-                        }
-                    }
-                };
-                tokio::select! {
-                    () = failed => tracing::warn!("a publish failed; reconnecting to the broker"),
-                    () = lost => {}
-                    () = inner.stop.cancelled() => {}
-                }
-                *inner
-                    .link
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-                inner.connected.send_replace(0);
-                let _ = connection.close(200, "reconnecting".into()).await;
+/// A channel lent to one publish. Unless kept, it is closed when the lease ends (a timed
+/// out or failed publish may still have its confirm outstanding on it).
+struct Lease<'a> {
+    pool: &'a ChannelPool,
+    channel: Channel,
+    keep: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl ChannelPool {
+    fn new(connection: Arc<Connection>) -> Self {
+        Self {
+            connection,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(PUBLISH_CHANNELS)),
+        }
+    }
+
+    async fn lease(&self) -> Result<Lease<'_>, PublishError> {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| PublishError::NotConnected)?;
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let channel = match idle {
+            Some(channel) if channel.status().connected() => channel,
+            _ => {
+                let channel = self.connection.create_channel().await?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                channel
             }
-            Err(error) => {
-                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "broker unreachable");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = inner.stop.cancelled() => break,
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
+        };
+        Ok(Lease {
+            pool: self,
+            channel,
+            keep: false,
+            _permit: permit,
+        })
+    }
+}
+
+impl Lease<'_> {
+    fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if self.keep && self.channel.status().connected() {
+            self.pool
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(self.channel.clone());
+        } else {
+            let channel = self.channel.clone();
+            tokio::spawn(async move {
+                let _ = channel.close(200, "publish abandoned".into()).await;
+            });
         }
     }
 }
 
-async fn open(inner: &Inner) -> lapin::Result<(Connection, Channel)> {
-    let connection = Connection::connect(&inner.url, ConnectionProperties::default()).await?;
+async fn supervise(inner: Arc<Inner>) {
+    let mut backoff = Backoff::new();
+    let mut generation = 0;
+    // The address that worked last is tried first.
+    let mut preferred = 0;
+    while !inner.stop.is_cancelled() {
+        let opened = tokio::select! {
+            opened = open_any(&inner, preferred) => opened,
+            () = inner.stop.cancelled() => break,
+        };
+        let Some((index, connection)) = opened else {
+            if !backoff.wait(&inner.stop).await {
+                break;
+            }
+            continue;
+        };
+        preferred = index;
+        generation += 1;
+        backoff.reset();
+        let connection = Arc::new(connection);
+        let mut events = connection.events_listener();
+        *inner
+            .link
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Link {
+            connection: Arc::clone(&connection),
+            channels: Arc::new(ChannelPool::new(Arc::clone(&connection))),
+        });
+        inner.connected.send_replace(generation);
+        tracing::info!(generation, node = index + 1, "connected to the broker");
+
+        let lost = async {
+            while let Some(event) = events.next().await {
+                if let Event::Error(error) = event {
+                    tracing::warn!(error = %chain(&error), "broker connection failed");
+                    return;
+                }
+            }
+        };
+        let redeclare = async {
+            loop {
+                inner.redeclare.notified().await;
+                match declare(&connection, &inner.topology).await {
+                    Ok(()) => {
+                        tracing::info!("declared the topology again after an unroutable publish")
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %chain(&error), "declaring the topology failed")
+                    }
+                }
+                tokio::time::sleep(REDECLARE_EVERY).await;
+            }
+        };
+        tokio::select! {
+            () = lost => {}
+            () = redeclare => {}
+            () = inner.stop.cancelled() => {}
+        }
+        *inner
+            .link
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        inner.connected.send_replace(0);
+        let _ = connection.close(200, "closing".into()).await;
+    }
+}
+
+/// Tries every address once, starting with `preferred`; the first that connects and takes
+/// the topology wins.
+async fn open_any(inner: &Inner, preferred: usize) -> Option<(usize, Connection)> {
+    let count = inner.urls.len();
+    for index in (0..count).map(|i| (preferred + i) % count) {
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, open(inner, &inner.urls[index])).await;
+        match attempt {
+            Ok(Ok(connection)) => return Some((index, connection)),
+            Ok(Err(error)) => {
+                tracing::warn!(node = index + 1, error = %chain(&error), "broker unreachable")
+            }
+            Err(_) => tracing::warn!(node = index + 1, "broker did not answer in time"),
+        }
+    }
+    None
+}
+
+async fn open(inner: &Inner, uri: &AMQPUri) -> lapin::Result<Connection> {
+    let properties =
+        ConnectionProperties::default().with_connection_name(format!("kyc {}", inner.name).into());
+    let connection = Connection::connect_uri(uri.clone(), properties).await?;
+    if let Err(error) = declare(&connection, &inner.topology).await {
+        let _ = connection.close(200, "topology failed".into()).await;
+        return Err(error);
+    }
+    Ok(connection)
+}
+
+async fn declare(connection: &Connection, topology: &Topology) -> lapin::Result<()> {
     let channel = connection.create_channel().await?;
-    inner.topology.declare(&channel).await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    Ok((connection, channel))
+    let declared = topology.declare(&channel).await;
+    let _ = channel.close(200, "declared".into()).await;
+    declared
 }

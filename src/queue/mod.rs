@@ -5,5 +5,5 @@ pub mod message;
 pub mod topology;
 
 pub use broker::{Broker, PublishError};
-pub use message::Envelope;
+pub use message::{Envelope, Message, RecordedWebhook};
 pub use topology::Topology;

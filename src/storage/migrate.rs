@@ -40,6 +40,21 @@ const MIGRATIONS: &[Migration] = &[
         name: "audit_log",
         sql: include_str!("../../migrations/0005_audit_log.sql"),
     },
+    Migration {
+        version: 6,
+        name: "dead_letter_purge",
+        sql: include_str!("../../migrations/0006_dead_letter_purge.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "current_session",
+        sql: include_str!("../../migrations/0007_current_session.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "spool",
+        sql: include_str!("../../migrations/0008_spool.sql"),
+    },
 ];
 
 /// An arbitrary constant shared by every kyc process: the advisory lock's key.

@@ -7,7 +7,8 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use crate::veriff::signature::Integration;
+use crate::state_machine::{Retry, SessionStatus, State};
+use crate::veriff::integration::Integration;
 
 /// An API client (the registration backend's apps), found by the SHA-256 of its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +105,7 @@ pub async fn verification_of_onboarding(
         tx,
         "INSERT INTO verifications (id, onboarding_id, user_id, region, state, retry)
          VALUES ($1, $2, $3, $4, 'UNVERIFIED', 'NONE') ON CONFLICT (onboarding_id) DO NOTHING",
-        &[&Uuid::new_v4(), &onboarding, &user_id, &region.as_str()],
+        &[&Uuid::new_v4(), &onboarding, &user_id, &region],
     )
     .await?;
     let row = query_one(
@@ -116,11 +117,12 @@ pub async fn verification_of_onboarding(
     Ok(row.get(0))
 }
 
-/// The newest session of a verification: the current one.
+/// The current session of a verification (the state machine's definition, kept by every
+/// recompute), with what it takes to hand its URL out again.
 #[derive(Debug, Clone)]
 pub struct CurrentSession {
     pub id: String,
-    pub status: String,
+    pub status: SessionStatus,
     pub url_ciphertext: Option<Vec<u8>>,
     pub expires_at: Option<DateTime<Utc>>,
 }
@@ -131,37 +133,40 @@ pub async fn current_session(
 ) -> Result<Option<CurrentSession>, tokio_postgres::Error> {
     let row = query_opt(
         db,
-        "SELECT s.id, s.status, s.url_ciphertext, s.expires_at FROM sessions s
-             JOIN inputs i ON i.session_id = s.id AND i.kind = 'session_created'
-             WHERE s.verification_id = $1 ORDER BY i.id DESC LIMIT 1",
+        "SELECT s.id, s.status, s.url_ciphertext, s.expires_at
+         FROM verifications v JOIN sessions s ON s.id = v.current_session_id
+         WHERE v.id = $1",
         &[&verification],
     )
     .await?;
-    Ok(row.map(|r| CurrentSession {
-        id: r.get(0),
-        status: r.get(1),
-        url_ciphertext: r.get(2),
-        expires_at: r.get(3),
-    }))
+    row.map(|r| {
+        Ok(CurrentSession {
+            id: r.try_get(0)?,
+            status: r.try_get(1)?,
+            url_ciphertext: r.try_get(2)?,
+            expires_at: r.try_get(3)?,
+        })
+    })
+    .transpose()
 }
 
-/// The public status of a verification, as the status endpoints report it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Status {
-    pub state: String,
-    pub retry: String,
+/// What the status endpoints report of a verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerificationStatus {
+    pub state: State,
+    pub retry: Retry,
     pub reason_code: Option<i32>,
     pub reason: Option<String>,
+    /// `None` for an onboarding without a verification yet.
     pub updated_at: Option<DateTime<Utc>>,
 }
 
-impl Status {
+impl VerificationStatus {
     /// An onboarding without a verification yet.
     pub fn unverified() -> Self {
         Self {
-            state: "UNVERIFIED".into(),
-            retry: "NONE".into(),
+            state: State::Unverified,
+            retry: Retry::None,
             reason_code: None,
             reason: None,
             updated_at: None,
@@ -174,15 +179,16 @@ impl Status {
 pub async fn onboarding_status(
     db: &impl GenericClient,
     onboarding: Uuid,
-) -> Result<(Option<Uuid>, Status), tokio_postgres::Error> {
+) -> Result<(Option<Uuid>, VerificationStatus), tokio_postgres::Error> {
     let row = query_opt(db,
             "SELECT id, state, retry, reason_code, reason, updated_at FROM verifications WHERE onboarding_id = $1",
             &[&onboarding],
         )
         .await?;
-    Ok(row.map_or((None, Status::unverified()), |r| {
-        (Some(r.get(0)), status_of(&r))
-    }))
+    match row {
+        Some(r) => Ok((Some(r.try_get(0)?), status_of(&r)?)),
+        None => Ok((None, VerificationStatus::unverified())),
+    }
 }
 
 /// The newest onboarding of a user, if any.
@@ -226,7 +232,7 @@ pub async fn verification_of_user(
 pub async fn user_status(
     db: &impl GenericClient,
     user: &str,
-) -> Result<(Option<Uuid>, Status), tokio_postgres::Error> {
+) -> Result<(Option<Uuid>, VerificationStatus), tokio_postgres::Error> {
     if let Some(onboarding) = newest_onboarding(db, user).await? {
         return onboarding_status(db, onboarding).await;
     }
@@ -237,17 +243,18 @@ pub async fn user_status(
         &[&user],
     )
     .await?;
-    Ok(row.map_or((None, Status::unverified()), |r| {
-        (Some(r.get(0)), status_of(&r))
-    }))
+    match row {
+        Some(r) => Ok((Some(r.try_get(0)?), status_of(&r)?)),
+        None => Ok((None, VerificationStatus::unverified())),
+    }
 }
 
-fn status_of(r: &tokio_postgres::Row) -> Status {
-    Status {
-        state: r.get(1),
-        retry: r.get(2),
-        reason_code: r.get(3),
-        reason: r.get(4),
-        updated_at: Some(r.get(5)),
-    }
+fn status_of(r: &tokio_postgres::Row) -> Result<VerificationStatus, tokio_postgres::Error> {
+    Ok(VerificationStatus {
+        state: r.try_get(1)?,
+        retry: r.try_get(2)?,
+        reason_code: r.try_get(3)?,
+        reason: r.try_get(4)?,
+        updated_at: Some(r.try_get(5)?),
+    })
 }

@@ -12,7 +12,8 @@ use uuid::Uuid;
 use crate::state_machine::{
     self, Decision, DecisionStatus, Event, EventAction, Input, Observation, Policy, Row,
 };
-use crate::veriff::signature::Integration;
+use crate::veriff::Kind;
+use crate::veriff::integration::Integration;
 
 /// The kinds of recorded input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,12 +52,12 @@ pub struct NewInput {
     pub received_at: Option<DateTime<Utc>>,
 }
 
-/// A locked verification.
+/// A locked verification, with its row as it was when locked.
 #[derive(Debug, Clone)]
 pub struct Locked {
     pub id: Uuid,
-    pub region: String,
-    row: (String, String, Option<i32>, Option<String>),
+    pub region: Integration,
+    pub row: Row,
 }
 
 /// Runs a statement prepared once per connection: most of the worker's round trips.
@@ -76,16 +77,6 @@ async fn execute(
 ) -> Result<u64, tokio_postgres::Error> {
     let statement = tx.prepare_cached(sql).await?;
     tx.execute(&statement, params).await
-}
-
-impl Locked {
-    pub fn state(&self) -> &str {
-        &self.row.0
-    }
-
-    pub fn retry(&self) -> &str {
-        &self.row.1
-    }
 }
 
 /// The verifications the given sessions belong to, for the sessions kyc knows.
@@ -115,41 +106,27 @@ pub async fn lock_many(
         &[&ids],
     )
     .await?;
-    Ok(rows
-        .iter()
+    rows.iter()
         .map(|r| {
-            let id: Uuid = r.get(0);
+            let id: Uuid = r.try_get(0)?;
             let locked = Locked {
                 id,
-                region: r.get(1),
-                row: (r.get(2), r.get(3), r.get(4), r.get(5)),
+                region: r.try_get(1)?,
+                row: Row {
+                    state: r.try_get(2)?,
+                    retry: r.try_get(3)?,
+                    reason_code: r.try_get(4)?,
+                    reason: r.try_get(5)?,
+                },
             };
-            (id, locked)
+            Ok((id, locked))
         })
-        .collect())
+        .collect()
 }
 
 /// Takes the verification's row lock for the rest of the transaction.
 pub async fn lock(tx: &Transaction<'_>, id: Uuid) -> Result<Option<Locked>, tokio_postgres::Error> {
     Ok(lock_many(tx, &[id]).await?.remove(&id))
-}
-
-/// Creates a fresh verification row (UNVERIFIED / NONE).
-pub async fn create(
-    tx: &Transaction<'_>,
-    onboarding_id: Option<Uuid>,
-    user_id: Option<&str>,
-    region: Integration,
-) -> Result<Uuid, tokio_postgres::Error> {
-    let id = Uuid::new_v4();
-    execute(
-        tx,
-        "INSERT INTO verifications (id, onboarding_id, user_id, region, state, retry)
-         VALUES ($1, $2, $3, $4, 'UNVERIFIED', 'NONE')",
-        &[&id, &onboarding_id, &user_id, &region.as_str()],
-    )
-    .await?;
-    Ok(id)
 }
 
 /// Records a session of a locked verification together with its `session_created` input.
@@ -210,7 +187,7 @@ pub async fn record_input(
                 &input.reason_code,
                 &input.reason,
                 &input.source,
-                &input.integration.map(Integration::as_str),
+                &input.integration,
                 &input.signature,
                 &input.body_ciphertext,
                 &input.received_at,
@@ -220,30 +197,25 @@ pub async fn record_input(
     Ok(inserted == 1)
 }
 
-/// Recomputes the row and the session statuses from the whole history; writes and announces
-/// the row only when it changed. Returns whether it changed.
+/// Recomputes the row, the current session and the session statuses from the whole history;
+/// writes and announces the row only when it changed. Returns the new row when it changed.
 pub async fn recompute(
     tx: &Transaction<'_>,
     verification: &Locked,
     policy: &Policy,
-) -> Result<bool, tokio_postgres::Error> {
+) -> Result<Option<Row>, tokio_postgres::Error> {
     let history = history(tx, verification.id).await?;
     let row = state_machine::compute(&history, policy);
     refresh_session_statuses(tx, &history).await?;
-    let Row {
-        state,
-        retry,
-        reason_code,
-        reason,
-    } = row;
-    let next = (
-        state.as_str().to_owned(),
-        retry.as_str().to_owned(),
-        reason_code,
-        reason,
-    );
-    if next == verification.row {
-        return Ok(false);
+    execute(
+        tx,
+        "UPDATE verifications SET current_session_id = $2
+         WHERE id = $1 AND current_session_id IS DISTINCT FROM $2",
+        &[&verification.id, &state_machine::current_session(&history)],
+    )
+    .await?;
+    if row == verification.row {
+        return Ok(None);
     }
     execute(
         tx,
@@ -252,10 +224,10 @@ pub async fn recompute(
              WHERE id = $1 RETURNING id
          )
          SELECT pg_notify('verification_state', id::text) FROM changed",
-        &[&verification.id, &next.0, &next.1, &next.2, &next.3],
+        &[&verification.id, &row.state, &row.retry, &row.reason_code, &row.reason],
     )
     .await?;
-    Ok(true)
+    Ok(Some(row))
 }
 
 /// Keeps `sessions.status` (what the registration API reads to reuse a session) in step.
@@ -263,12 +235,12 @@ async fn refresh_session_statuses(
     tx: &Transaction<'_>,
     history: &[Input],
 ) -> Result<(), tokio_postgres::Error> {
-    let (ids, statuses): (Vec<&str>, Vec<&str>) = history
+    let (ids, statuses): (Vec<&str>, Vec<state_machine::SessionStatus>) = history
         .iter()
         .filter_map(|input| match input {
             Input::SessionCreated { session_id, .. } => {
                 state_machine::session_status(history, session_id)
-                    .map(|status| (session_id.as_str(), status.as_str()))
+                    .map(|status| (session_id.as_str(), status))
             }
             Input::Observed { .. } => None,
         })
@@ -283,60 +255,226 @@ async fn refresh_session_statuses(
     Ok(())
 }
 
-/// The verification's recorded inputs, in recording order, as the state machine reads them.
-pub async fn history(tx: &Transaction<'_>, id: Uuid) -> Result<Vec<Input>, tokio_postgres::Error> {
-    let rows = query(
-        tx,
-        "SELECT kind, session_id, attempt_id, status, decision_time, reason_code, reason, source
-         FROM inputs WHERE verification_id = $1 ORDER BY id",
-        &[&id],
-    )
-    .await?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| {
-            let kind: &str = r.get(0);
-            let session_id: String = r.get(1);
-            let attempt_id: Option<String> = r.get(2);
-            let status: Option<String> = r.get(3);
-            let observation = match kind {
-                "session_created" => {
-                    let source: &str = r.get(7);
-                    return Some(Input::SessionCreated {
-                        session_id,
-                        adopted: source == "adopted",
-                    });
-                }
-                "decision" => Observation::Decision(Decision {
-                    attempt_id,
-                    // Unknown statuses are dead-lettered, never recorded.
-                    status: DecisionStatus::parse(status.as_deref()?)?,
-                    decision_time: r.get(4),
-                    reason_code: r.get(5),
-                    reason: r.get(6),
-                }),
-                _ => Observation::Event(Event {
-                    attempt_id,
-                    action: EventAction::parse(status.as_deref().unwrap_or_default()),
-                }),
-            };
-            Some(Input::Observed {
-                session_id,
-                observation,
+/// One recorded input with its non-personal facts, as `kyc verification show` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecordedInput {
+    pub id: i64,
+    pub kind: String,
+    pub session_id: String,
+    pub attempt_id: Option<String>,
+    /// Decision status or event action, as Veriff sent it.
+    pub status: Option<String>,
+    pub decision_time: Option<DateTime<Utc>>,
+    pub reason_code: Option<i32>,
+    /// Veriff's reason text: it may quote the document, so it is never shown.
+    #[serde(skip)]
+    pub reason: Option<String>,
+    pub source: String,
+    pub integration: Option<String>,
+    pub received_at: Option<DateTime<Utc>>,
+    pub recorded_at: DateTime<Utc>,
+    /// Whether the raw body is still kept (it is cleared after KYC_ARCHIVE_RETENTION).
+    pub body_kept: bool,
+}
+
+impl RecordedInput {
+    /// The input as the state machine reads it; `None` for what it does not take (a decision
+    /// status kyc does not know is dead-lettered, never recorded, so this is defensive).
+    pub fn as_input(&self) -> Option<Input> {
+        let session_id = self.session_id.clone();
+        let observation = match self.kind.as_str() {
+            "session_created" => {
+                return Some(Input::SessionCreated {
+                    session_id,
+                    adopted: self.source == "adopted",
+                });
+            }
+            "decision" => Observation::Decision(Decision {
+                attempt_id: self.attempt_id.clone(),
+                status: DecisionStatus::parse(self.status.as_deref()?)?,
+                decision_time: self.decision_time,
+                reason_code: self.reason_code,
+                reason: self.reason.clone(),
+            }),
+            _ => Observation::Event(Event {
+                attempt_id: self.attempt_id.clone(),
+                action: EventAction::parse(self.status.as_deref().unwrap_or_default()),
+            }),
+        };
+        Some(Input::Observed {
+            session_id,
+            observation,
+        })
+    }
+}
+
+/// Every recorded input of a verification, in recording order.
+pub async fn inputs(
+    db: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+) -> Result<Vec<RecordedInput>, tokio_postgres::Error> {
+    let statement = db
+        .prepare_cached(
+            "SELECT id, kind, session_id, attempt_id, status, decision_time, reason_code, reason,
+                    source, integration, received_at, recorded_at, body_ciphertext IS NOT NULL
+             FROM inputs WHERE verification_id = $1 ORDER BY id",
+        )
+        .await?;
+    let rows = db.query(&statement, &[&id]).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(RecordedInput {
+                id: r.try_get(0)?,
+                kind: r.try_get(1)?,
+                session_id: r.try_get(2)?,
+                attempt_id: r.try_get(3)?,
+                status: r.try_get(4)?,
+                decision_time: r.try_get(5)?,
+                reason_code: r.try_get(6)?,
+                reason: r.try_get(7)?,
+                source: r.try_get(8)?,
+                integration: r.try_get(9)?,
+                received_at: r.try_get(10)?,
+                recorded_at: r.try_get(11)?,
+                body_kept: r.try_get(12)?,
             })
         })
+        .collect()
+}
+
+/// The verification's recorded inputs, in recording order, as the state machine reads them.
+pub async fn history(tx: &Transaction<'_>, id: Uuid) -> Result<Vec<Input>, tokio_postgres::Error> {
+    Ok(inputs(tx, id)
+        .await?
+        .iter()
+        .filter_map(RecordedInput::as_input)
         .collect())
+}
+
+/// The verification a Veriff session belongs to.
+pub async fn of_session(
+    db: &impl deadpool_postgres::GenericClient,
+    session: &str,
+) -> Result<Option<Uuid>, tokio_postgres::Error> {
+    let row = db
+        .query_opt(
+            "SELECT verification_id FROM sessions WHERE id = $1",
+            &[&session],
+        )
+        .await?;
+    row.map(|r| r.try_get(0)).transpose()
+}
+
+/// Verification ids in id order after `after`, `limit` at a time: to walk every one.
+pub async fn ids_after(
+    db: &impl deadpool_postgres::GenericClient,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "SELECT id FROM verifications WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2",
+            &[&after, &limit],
+        )
+        .await?;
+    rows.iter().map(|r| r.try_get(0)).collect()
+}
+
+/// A verification row as `kyc verification show` prints it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VerificationRow {
+    pub id: Uuid,
+    pub onboarding_id: Option<Uuid>,
+    pub user_id: Option<String>,
+    pub region: &'static str,
+    pub state: &'static str,
+    pub retry: &'static str,
+    pub reason_code: Option<i32>,
+    #[serde(skip)]
+    pub reason: Option<String>,
+    pub current_session_id: Option<String>,
+    pub updated_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+pub async fn row(
+    db: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+) -> Result<Option<VerificationRow>, tokio_postgres::Error> {
+    let row = db
+        .query_opt(
+            "SELECT id, onboarding_id, user_id, region, state, retry, reason_code, reason,
+                    current_session_id, updated_at, created_at
+             FROM verifications WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    row.map(|r| {
+        let region: Integration = r.try_get(3)?;
+        let state: state_machine::State = r.try_get(4)?;
+        let retry: state_machine::Retry = r.try_get(5)?;
+        Ok(VerificationRow {
+            id: r.try_get(0)?,
+            onboarding_id: r.try_get(1)?,
+            user_id: r.try_get(2)?,
+            region: region.as_str(),
+            state: state.as_str(),
+            retry: retry.as_str(),
+            reason_code: r.try_get(6)?,
+            reason: r.try_get(7)?,
+            current_session_id: r.try_get(8)?,
+            updated_at: r.try_get(9)?,
+            created_at: r.try_get(10)?,
+        })
+    })
+    .transpose()
+}
+
+/// A session as `kyc verification show` lists it (its URL is never read here).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionRow {
+    pub id: String,
+    pub status: &'static str,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub reconciled_at: Option<DateTime<Utc>>,
+}
+
+pub async fn sessions(
+    db: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+) -> Result<Vec<SessionRow>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "SELECT id, status, expires_at, created_at, reconciled_at FROM sessions
+             WHERE verification_id = $1 ORDER BY created_at, id",
+            &[&id],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let status: state_machine::SessionStatus = r.try_get(1)?;
+            Ok(SessionRow {
+                id: r.try_get(0)?,
+                status: status.as_str(),
+                expires_at: r.try_get(2)?,
+                created_at: r.try_get(3)?,
+                reconciled_at: r.try_get(4)?,
+            })
+        })
+        .collect()
 }
 
 /// A recorded webhook, as `kyc replay` republishes it.
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub dedup_key: String,
-    pub kind: String,
+    pub kind: Kind,
     pub session_id: String,
     pub source: String,
-    pub integration: Option<String>,
+    pub integration: Option<Integration>,
     pub signature: Option<String>,
+    /// Encrypted raw body; `None` once past retention.
     pub body_ciphertext: Option<Vec<u8>>,
     pub received_at: Option<DateTime<Utc>>,
 }
@@ -360,17 +498,18 @@ pub async fn recorded(
             &[&session, &since, &until],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Recorded {
-            dedup_key: r.get(0),
-            kind: r.get(1),
-            session_id: r.get(2),
-            source: r.get(3),
-            integration: r.get(4),
-            signature: r.get(5),
-            body_ciphertext: r.get(6),
-            received_at: r.get(7),
+    rows.iter()
+        .map(|r| {
+            Ok(Recorded {
+                dedup_key: r.try_get(0)?,
+                kind: r.try_get(1)?,
+                session_id: r.try_get(2)?,
+                source: r.try_get(3)?,
+                integration: r.try_get(4)?,
+                signature: r.try_get(5)?,
+                body_ciphertext: r.try_get(6)?,
+                received_at: r.try_get(7)?,
+            })
         })
-        .collect())
+        .collect()
 }

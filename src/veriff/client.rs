@@ -9,7 +9,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::signature::{Integration, Integrations, sign};
+use super::integration::{Integration, Integrations};
+use super::signature::sign;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Attempts when the connection itself cannot be made (nothing reached Veriff).

@@ -1,10 +1,11 @@
-//! Veriff's wire format: webhook signatures, lenient payload parsing, and the dedup key.
+//! Veriff: its wire format (webhook signatures, lenient payload parsing, the dedup key), its
+//! integrations and credentials, and the client of its station API.
 
 pub mod client;
 pub mod dedup;
+pub mod integration;
 pub mod payload;
 pub mod signature;
-pub mod standin;
 
 use std::fmt;
 

@@ -10,126 +10,14 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
 use super::Kind;
+use super::integration::{Integration, IntegrationKeys, Integrations};
 
 type HmacSha256 = Hmac<Sha256>;
 
 /// Length in bytes of an HMAC-SHA256 tag.
 const TAG_LEN: usize = 32;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Integration {
-    Eu,
-    Us,
-}
-
-impl Integration {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Integration::Eu => "EU",
-            Integration::Us => "US",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "EU" => Some(Integration::Eu),
-            "US" => Some(Integration::Us),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Integration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One Veriff integration's API key and shared secrets (newest first; retired ones stay
-/// so that what is still queued or archived keeps verifying).
-#[derive(Clone)]
-pub struct IntegrationKeys {
-    integration: Integration,
-    api_key: SecretString,
-    secrets: Vec<SecretString>,
-}
-
-impl IntegrationKeys {
-    pub fn new(
-        integration: Integration,
-        api_key: SecretString,
-        secrets: Vec<SecretString>,
-    ) -> Self {
-        Self {
-            integration,
-            api_key,
-            secrets,
-        }
-    }
-
-    pub fn integration(&self) -> Integration {
-        self.integration
-    }
-
-    pub fn api_key(&self) -> &SecretString {
-        &self.api_key
-    }
-
-    /// The secret that signs outgoing requests: the first one configured.
-    pub fn signing_secret(&self) -> Option<&SecretString> {
-        self.secrets.first()
-    }
-
-    fn verifies(&self, body: &[u8], tag: &[u8; TAG_LEN]) -> bool {
-        self.secrets.iter().any(|secret| {
-            let mut mac = new_mac(secret);
-            mac.update(body);
-            mac.verify_slice(tag).is_ok()
-        })
-    }
-}
-
-impl fmt::Debug for IntegrationKeys {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IntegrationKeys")
-            .field("integration", &self.integration)
-            .field("secrets", &self.secrets.len())
-            .finish_non_exhaustive()
-    }
-}
-
-/// The configured integrations: EU always, US optionally.
-#[derive(Debug, Clone)]
-pub struct Integrations {
-    eu: IntegrationKeys,
-    us: Option<IntegrationKeys>,
-}
-
 impl Integrations {
-    pub fn new(eu: IntegrationKeys, us: Option<IntegrationKeys>) -> Self {
-        Self { eu, us }
-    }
-
-    pub fn get(&self, integration: Integration) -> Option<&IntegrationKeys> {
-        match integration {
-            Integration::Eu => Some(&self.eu),
-            Integration::Us => self.us.as_ref(),
-        }
-    }
-
-    fn all(&self) -> impl Iterator<Item = &IntegrationKeys> {
-        std::iter::once(&self.eu).chain(self.us.as_ref())
-    }
-
-    fn by_api_key(&self, presented: &str) -> Option<&IntegrationKeys> {
-        self.all().find(|keys| {
-            constant_time_eq(
-                keys.api_key.expose_secret().as_bytes(),
-                presented.as_bytes(),
-            )
-        })
-    }
-
     /// Checks a webhook's signature on its raw bytes and resolves its integration.
     pub fn verify(&self, raw: RawWebhook) -> Result<VerifiedWebhook, SignatureError> {
         let tag = raw.headers.tag()?;
@@ -138,23 +26,16 @@ impl Integrations {
                 let keys = self
                     .by_api_key(client)
                     .ok_or(SignatureError::UnknownClient)?;
-                keys.verifies(&raw.body, &tag).then_some(keys)
+                verifies(keys, &raw.body, &tag).then_some(keys)
             }
-            None => self.all().find(|keys| keys.verifies(&raw.body, &tag)),
+            None => self.all().find(|keys| verifies(keys, &raw.body, &tag)),
         };
         let keys = keys.ok_or(SignatureError::Mismatch)?;
-        Ok(VerifiedWebhook {
-            kind: raw.kind,
-            body: raw.body,
-            signature: hex::encode(tag),
-            integration: keys.integration,
-        })
+        Ok(VerifiedWebhook::new(raw, tag, keys.integration()))
     }
-}
 
-impl Integrations {
-    /// Verifies again a webhook that came through the queue, with the secrets of the
-    /// integration it was resolved to at ingest (the queue is not trusted).
+    /// Verifies again a webhook that came through the queue or the spool, with the secrets of
+    /// the integration it was resolved to at ingest (neither is trusted).
     pub fn verify_as(
         &self,
         integration: Integration,
@@ -162,32 +43,43 @@ impl Integrations {
     ) -> Result<VerifiedWebhook, SignatureError> {
         let keys = self.get(integration).ok_or(SignatureError::UnknownClient)?;
         let tag = raw.headers.tag()?;
-        if !keys.verifies(&raw.body, &tag) {
+        if !verifies(keys, &raw.body, &tag) {
             return Err(SignatureError::Mismatch);
         }
-        Ok(VerifiedWebhook {
-            kind: raw.kind,
-            body: raw.body,
-            signature: hex::encode(tag),
-            integration,
-        })
+        Ok(VerifiedWebhook::new(raw, tag, integration))
     }
 }
 
+fn verifies(keys: &IntegrationKeys, body: &[u8], tag: &[u8; TAG_LEN]) -> bool {
+    keys.secrets().iter().any(|secret| {
+        let mut mac = new_mac(secret);
+        mac.update(body);
+        mac.verify_slice(tag).is_ok()
+    })
+}
+
 /// The headers that carry a webhook's signature and client, as received.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct SignatureHeaders {
     /// `X-HMAC-SIGNATURE`
     pub hmac: Option<String>,
     /// `VRF-HMAC-SIGNATURE`, the fallback when `X-HMAC-SIGNATURE` is absent
     pub vrf_hmac: Option<String>,
-    /// `X-AUTH-CLIENT`
+    /// `X-AUTH-CLIENT`: an integration's API key, a secret
     pub auth_client: Option<String>,
     /// Whether the legacy `X-SIGNATURE` header was sent (refused on its own)
     pub legacy_present: bool,
 }
 
 impl SignatureHeaders {
+    /// Only `X-HMAC-SIGNATURE`, as the worker and the relay verify a message again.
+    pub fn hmac(signature: Option<&str>) -> Self {
+        Self {
+            hmac: signature.map(str::to_owned),
+            ..Self::default()
+        }
+    }
+
     fn tag(&self) -> Result<[u8; TAG_LEN], SignatureError> {
         let tag = match (&self.hmac, &self.vrf_hmac) {
             (Some(primary), Some(fallback)) => {
@@ -205,17 +97,43 @@ impl SignatureHeaders {
     }
 }
 
+impl fmt::Debug for SignatureHeaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignatureHeaders")
+            .field("hmac", &self.hmac)
+            .field("vrf_hmac", &self.vrf_hmac)
+            .field(
+                "auth_client",
+                &self.auth_client.as_ref().map(|_| "[redacted]"),
+            )
+            .field("legacy_present", &self.legacy_present)
+            .finish()
+    }
+}
+
 /// A webhook as it arrived: bytes that nobody has vouched for yet.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RawWebhook {
     pub kind: Kind,
     pub body: Bytes,
     pub headers: SignatureHeaders,
 }
 
+/// Bodies hold personal data: `Debug` shows their size only.
+impl fmt::Debug for RawWebhook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawWebhook")
+            .field("kind", &self.kind)
+            .field("body_bytes", &self.body.len())
+            .field("headers", &self.headers)
+            .finish()
+    }
+}
+
 /// A webhook whose signature matched one of the integration's secrets. Only
-/// [`Integrations::verify`] makes one, so holding one is proof of the check.
-#[derive(Debug, Clone)]
+/// [`Integrations::verify`] and [`Integrations::verify_as`] make one, so holding one is
+/// proof of the check.
+#[derive(Clone)]
 pub struct VerifiedWebhook {
     kind: Kind,
     body: Bytes,
@@ -224,6 +142,15 @@ pub struct VerifiedWebhook {
 }
 
 impl VerifiedWebhook {
+    fn new(raw: RawWebhook, tag: [u8; TAG_LEN], integration: Integration) -> Self {
+        Self {
+            kind: raw.kind,
+            body: raw.body,
+            signature: hex::encode(tag),
+            integration,
+        }
+    }
+
     pub fn kind(&self) -> Kind {
         self.kind
     }
@@ -239,6 +166,16 @@ impl VerifiedWebhook {
 
     pub fn integration(&self) -> Integration {
         self.integration
+    }
+}
+
+impl fmt::Debug for VerifiedWebhook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifiedWebhook")
+            .field("kind", &self.kind)
+            .field("body_bytes", &self.body.len())
+            .field("integration", &self.integration)
+            .finish_non_exhaustive()
     }
 }
 
@@ -276,7 +213,7 @@ fn parse_tag(value: &str) -> Result<[u8; TAG_LEN], SignatureError> {
     Ok(tag)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     // Hashing first hides the lengths as well as the contents.
     use sha2::Digest;
     use subtle::ConstantTimeEq;
@@ -540,5 +477,25 @@ mod tests {
             !shown.contains("test-shared-secret") && !shown.contains("eu-key"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn bodies_and_api_keys_never_show_in_debug() {
+        let (file, sig, _) = signatures()[2];
+        let headers = SignatureHeaders {
+            hmac: Some(sig.to_owned()),
+            auth_client: Some("eu-key".to_owned()),
+            ..SignatureHeaders::default()
+        };
+        let raw = raw(fixture(file), headers);
+        let verified = integrations().verify(raw.clone()).expect("verifies");
+        for shown in [format!("{raw:?}"), format!("{verified:?}")] {
+            // The fixture's person, and the API key.
+            assert!(
+                !shown.contains("TESTY") && !shown.contains("eu-key"),
+                "{shown}"
+            );
+            assert!(shown.contains("body_bytes"), "{shown}");
+        }
     }
 }

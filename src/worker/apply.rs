@@ -4,19 +4,17 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
-use lapin::types::FieldTable;
-use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use super::{Reason, Worker};
-use crate::queue::message::{
-    HEADER_INTEGRATION, HEADER_KIND, HEADER_RECEIVED_AT, HEADER_SIGNATURE, header_str, header_time,
-};
+use crate::queue::Message;
 use crate::state_machine::DecisionStatus;
+use crate::storage::DbError;
 use crate::storage::verifications::{self as store, InputKind, NewInput};
 use crate::veriff::client::SESSION_LIFETIME;
+use crate::veriff::integration::Integration;
 use crate::veriff::payload::{self, Facts, What};
-use crate::veriff::signature::{Integration, RawWebhook, SignatureHeaders};
+use crate::veriff::signature::{RawWebhook, SignatureHeaders};
 use crate::veriff::{Kind, dedup};
 
 /// What became of a message.
@@ -32,35 +30,19 @@ pub enum Outcome {
     Dead(Reason),
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    /// The database cannot be reached: hold the message and wait, burning no attempt.
-    #[error("database unavailable: {0}")]
-    DatabaseUnavailable(String),
-    /// A statement failed: goes through the retry tiers like other transient failures.
-    #[error("database: {0}")]
-    Statement(tokio_postgres::Error),
-}
-
-impl From<tokio_postgres::Error> for ApplyError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        match e.code() {
-            // No SQL state: the connection itself failed.
-            None => ApplyError::DatabaseUnavailable(e.to_string()),
-            Some(state)
-                if *state == SqlState::ADMIN_SHUTDOWN || *state == SqlState::CANNOT_CONNECT_NOW =>
-            {
-                ApplyError::DatabaseUnavailable(e.to_string())
-            }
-            Some(_) => ApplyError::Statement(e),
-        }
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for ApplyError {
-    fn from(e: deadpool_postgres::PoolError) -> Self {
-        ApplyError::DatabaseUnavailable(e.to_string())
-    }
+/// The span of one delivery: every log line about it carries its dedup key (the message id),
+/// kind and session, which is how on-call finds a webhook.
+pub(super) fn span(message: &Message) -> tracing::Span {
+    let session = message
+        .kind
+        .and_then(|kind| payload::parse(kind, &message.body))
+        .map(|facts| facts.session_id);
+    tracing::info_span!(
+        "delivery",
+        dedup_key = message.message_id.as_deref().unwrap_or("-"),
+        kind = message.kind.map_or("-", Kind::as_str),
+        session = session.as_deref().unwrap_or("-"),
+    )
 }
 
 /// Where an input came from.
@@ -83,14 +65,11 @@ impl Worker {
     /// Applies a batch of messages in one transaction (one commit, so one WAL flush, for
     /// all of them) and returns each message's outcome, in order. Each verification is
     /// locked once, in id order, and its row recomputed once whatever the batch holds for it.
-    pub(super) async fn apply_batch(
-        &self,
-        messages: &[(&FieldTable, &[u8])],
-    ) -> Result<Vec<Outcome>, ApplyError> {
+    pub(super) async fn apply_batch(&self, messages: &[Message]) -> Result<Vec<Outcome>, DbError> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; messages.len()];
         let mut checked = Vec::new();
-        for (i, (headers, body)) in messages.iter().enumerate() {
-            match self.check(headers, body) {
+        for (i, message) in messages.iter().enumerate() {
+            match self.check(message) {
                 Ok(c) => checked.push((i, c)),
                 Err(reason) => outcomes[i] = Some(Outcome::Dead(reason)),
             }
@@ -108,7 +87,7 @@ impl Worker {
         &self,
         checked: &[(usize, Checked)],
         outcomes: &mut [Option<Outcome>],
-    ) -> Result<(), ApplyError> {
+    ) -> Result<(), DbError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let session_ids: Vec<&str> = checked
@@ -144,7 +123,7 @@ impl Worker {
                 outcomes[*i] = Some(Outcome::Retry(Reason::UnknownSession));
                 continue;
             };
-            if verification.region != c.integration.as_str() {
+            if verification.region != c.integration {
                 outcomes[*i] = Some(Outcome::Dead(Reason::RegionMismatch));
                 continue;
             }
@@ -176,7 +155,7 @@ impl Worker {
         }
         for id in touched {
             if let Some(verification) = locked.get(&id) {
-                store::recompute(&tx, verification, &self.policy).await?;
+                store::recompute(&tx, verification, &self.settings.policy).await?;
             }
         }
         tx.commit().await?;
@@ -225,33 +204,27 @@ impl Worker {
     }
 
     /// The signature, the body's shape and its status: everything decidable without the database.
-    fn check(&self, headers: &FieldTable, body: &[u8]) -> Result<Checked, Reason> {
-        let kind = header_str(headers, HEADER_KIND)
-            .and_then(Kind::parse)
-            .ok_or(Reason::InvalidSignature)?;
-        let integration = header_str(headers, HEADER_INTEGRATION)
-            .and_then(Integration::parse)
-            .ok_or(Reason::InvalidSignature)?;
+    fn check(&self, message: &Message) -> Result<Checked, Reason> {
+        let (Some(kind), Some(integration)) = (message.kind, message.integration) else {
+            return Err(Reason::InvalidSignature);
+        };
         let raw = RawWebhook {
             kind,
-            body: bytes::Bytes::copy_from_slice(body),
-            headers: SignatureHeaders {
-                hmac: header_str(headers, HEADER_SIGNATURE).map(str::to_owned),
-                ..SignatureHeaders::default()
-            },
+            body: message.body.clone(),
+            headers: SignatureHeaders::hmac(message.signature.as_deref()),
         };
         let webhook = self
             .integrations
             .verify_as(integration, raw)
             .map_err(|_| Reason::InvalidSignature)?;
-        let facts = payload::parse(kind, body).ok_or(Reason::Unparseable)?;
+        let facts = payload::parse(kind, &message.body).ok_or(Reason::Unparseable)?;
         let source = Source {
             name: "webhook",
             integration,
             signature: Some(webhook.signature().to_owned()),
-            received_at: header_time(headers, HEADER_RECEIVED_AT),
+            received_at: message.received_at,
         };
-        let input = self.input_from(kind, &facts, body, source)?;
+        let input = self.input_from(kind, &facts, &message.body, source)?;
         Ok(Checked {
             kind,
             integration,

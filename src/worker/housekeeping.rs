@@ -1,5 +1,5 @@
-//! Periodic chores of the worker: queue depth gauges, reconciliation of sessions past their
-//! end, and clearing raw bodies past retention.
+//! Periodic chores of the worker: gauges (queue depths, dead letters needing action),
+//! reconciliation of sessions past their end, and clearing raw bodies past retention.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,28 +9,41 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
 use super::Worker;
+use crate::error::{BoxError, chain};
+use crate::storage::{DbError, dead_letters, retention};
 
-const DEPTH_EVERY: Duration = Duration::from_secs(5);
+const GAUGES_EVERY: Duration = Duration::from_secs(5);
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
 const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 
 impl Worker {
     pub(super) async fn run_housekeeping(self: Arc<Self>, stop: CancellationToken) {
-        let mut depth = tokio::time::interval(DEPTH_EVERY);
+        let mut gauges = tokio::time::interval(GAUGES_EVERY);
         let mut retention = tokio::time::interval(RETENTION_EVERY);
         let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
-                _ = depth.tick() => self.sample_queue_depths().await,
+                _ = gauges.tick() => {
+                    self.sample_queue_depths().await;
+                    self.sample_dead_letters().await;
+                }
                 _ = retention.tick() => match self.forget_expired_bodies().await {
                     Ok(0) => {}
                     Ok(cleared) => tracing::info!(cleared, "raw bodies past retention cleared"),
-                    Err(error) => tracing::warn!(%error, "clearing raw bodies past retention failed"),
+                    Err(error) => tracing::warn!(error = %chain(&*error), "clearing raw bodies past retention failed"),
                 },
-                _ = reconcile.tick() => if let Err(error) = self.reconcile_due().await {
-                    tracing::warn!(%error, "reconciliation failed");
-                },
+                _ = reconcile.tick() => {
+                    // A round asks Veriff up to a hundred times: a stop must not wait for it.
+                    // Sessions claimed and not asked about are asked again an hour later.
+                    let outcome = tokio::select! {
+                        outcome = self.reconcile_due() => outcome,
+                        () = stop.cancelled() => return,
+                    };
+                    if let Err(error) = outcome {
+                        tracing::warn!(error = %chain(&*error), "reconciliation failed");
+                    }
+                }
             }
         }
     }
@@ -62,24 +75,27 @@ impl Worker {
         let _ = channel.close(200, "sampled".into()).await;
     }
 
-    /// Raw bodies hold personal data: kept only for KYC_ARCHIVE_RETENTION. The facts stay.
-    pub async fn forget_expired_bodies(
-        &self,
-    ) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
-        let seconds = i64::try_from(self.archive_retention.as_secs()).unwrap_or(i64::MAX);
-        let client = self.pool.get().await?;
-        let mut cleared = 0;
-        for table in ["inputs", "dead_letters"] {
-            cleared += client
-                .execute(
-                    &format!(
-                        "UPDATE {table} SET body_ciphertext = NULL
-                         WHERE body_ciphertext IS NOT NULL AND recorded_at < now() - make_interval(secs => $1::float8)"
-                    ),
-                    &[&(seconds as f64)],
-                )
-                .await?;
+    /// Dead letters that still need action, and whether the database answers at all.
+    async fn sample_dead_letters(&self) {
+        let open: Result<i64, DbError> = async {
+            let client = self.pool.get().await?;
+            Ok(dead_letters::count_open(&client).await?)
         }
-        Ok(cleared)
+        .await;
+        match open {
+            Ok(open) => {
+                self.metrics.database_up.set(1);
+                self.metrics.dead_letters_open.set(open);
+            }
+            Err(error) => {
+                self.metrics.database_up.set(i64::from(!error.is_outage()));
+            }
+        }
+    }
+
+    /// Raw bodies hold personal data: kept only for KYC_ARCHIVE_RETENTION. The facts stay.
+    async fn forget_expired_bodies(&self) -> Result<u64, BoxError> {
+        let client = self.pool.get().await?;
+        Ok(retention::clear_expired_bodies(&client, self.settings.archive_retention).await?)
     }
 }

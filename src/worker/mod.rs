@@ -1,6 +1,9 @@
 //! The decision worker: consumes `kyc.webhooks`, applies each message in one transaction,
 //! and acks only after the commit. What may succeed later goes through the delay tiers; what
 //! never can is dead-lettered. Both moves are a confirmed publish followed by the ack.
+//!
+//! A worker process runs three supervised loops: the consumer, the dead-letter recorder and
+//! the housekeeping (gauges, retention, reconciliation); if one ends, the process stops.
 
 mod apply;
 mod forward;
@@ -9,28 +12,34 @@ mod reconcile;
 mod recorder;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 pub use apply::Outcome;
 
-use crate::app::BoxError;
+use crate::backoff::Backoff;
+use crate::config::Config;
 use crate::crypto::Cipher;
+use crate::error::{BoxError, chain};
 use crate::metrics::Metrics;
-use crate::queue::Broker;
+use crate::queue::{Broker, Message};
 use crate::state_machine::Policy;
 use crate::veriff::client::VeriffClient;
-use crate::veriff::signature::Integrations;
+use crate::veriff::integration::Integrations;
 
 /// Why a message was retried or dead-lettered; the values are stable (CLI filters, metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +53,15 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 6] = [
+        Reason::InvalidSignature,
+        Reason::Unparseable,
+        Reason::UnknownStatus,
+        Reason::UnknownSession,
+        Reason::RegionMismatch,
+        Reason::ApplyFailed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::InvalidSignature => "INVALID_SIGNATURE",
@@ -57,38 +75,112 @@ impl Reason {
 }
 
 /// How long in-flight messages may take to finish on shutdown.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
+/// How long a move to a retry tier or the dead-letter queue waits for its confirm.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// A message whose move failed goes back to the queue after this pause, not at once: the
+/// cause (a queue being re-declared, a broker alarm) needs a moment, and a tight loop helps
+/// nobody.
+const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 
-pub struct Worker {
-    pub pool: Pool,
-    pub broker: Broker,
-    pub integrations: Integrations,
-    pub archive: Cipher,
-    pub policy: Policy,
-    pub metrics: Arc<Metrics>,
+/// How the worker applies: what `KYC_WORKER_*` and the policy settings say.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
     /// Batches applied at once, each in a transaction of its own.
     pub batches: usize,
     /// Most messages in one batch.
     pub batch_size: usize,
     pub archive_retention: Duration,
-    /// Veriff's API, for reconciliation (absent: no reconciliation).
-    pub veriff: Option<VeriffClient>,
+    pub policy: Policy,
 }
 
+impl WorkerSettings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            batches: usize::from(config.worker_concurrency),
+            batch_size: usize::from(config.worker_batch),
+            archive_retention: config.archive_retention,
+            policy: config.policy(),
+        }
+    }
+}
+
+pub struct Worker {
+    pool: Pool,
+    broker: Broker,
+    integrations: Integrations,
+    archive: Cipher,
+    metrics: Arc<Metrics>,
+    /// Veriff's API, for reconciliation (absent: no reconciliation).
+    veriff: Option<VeriffClient>,
+    settings: WorkerSettings,
+}
+
+/// A named loop of a role, for the service to supervise.
+pub type Task = (
+    &'static str,
+    Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>,
+);
+
 impl Worker {
-    /// Consumes until `stop`, reconnecting after broker failures; also runs the dead-letter
-    /// recorder and the housekeeping tasks.
-    pub async fn run(self: Arc<Self>, stop: CancellationToken) -> Result<(), BoxError> {
-        let recorder = tokio::spawn(Arc::clone(&self).run_recorder(stop.clone()));
-        let housekeeping = tokio::spawn(Arc::clone(&self).run_housekeeping(stop.clone()));
-        let (worker, token) = (&self, &stop);
-        worker
-            .on_every_connection("worker", token, move |connection| async move {
-                worker.consume(&connection, token).await
-            })
-            .await;
-        let _ = tokio::join!(recorder, housekeeping);
-        Ok(())
+    pub fn new(
+        settings: WorkerSettings,
+        pool: Pool,
+        broker: Broker,
+        integrations: Integrations,
+        archive: Cipher,
+        metrics: Arc<Metrics>,
+        veriff: Option<VeriffClient>,
+    ) -> Self {
+        Self {
+            pool,
+            broker,
+            integrations,
+            archive,
+            metrics,
+            veriff,
+            settings,
+        }
+    }
+
+    /// Database connections the worker's loops use at most: one per batch, one for the
+    /// recorder, one for housekeeping.
+    pub fn pool_size(settings: &WorkerSettings) -> usize {
+        settings.batches + 2
+    }
+
+    /// The worker's loops, each running until `stop`.
+    pub fn tasks(self: Arc<Self>, stop: &CancellationToken) -> [Task; 3] {
+        let (consumer, recorder, housekeeping) = (Arc::clone(&self), Arc::clone(&self), self);
+        let (s1, s2, s3) = (stop.clone(), stop.clone(), stop.clone());
+        [
+            (
+                "worker",
+                Box::pin(async move {
+                    let (worker, token) = (&consumer, &s1);
+                    worker
+                        .on_every_connection("worker", token, move |connection| async move {
+                            worker.consume(&connection, token).await
+                        })
+                        .await;
+                    Ok(())
+                }),
+            ),
+            (
+                "dead-letter recorder",
+                Box::pin(async move {
+                    recorder.run_recorder(s2).await;
+                    Ok(())
+                }),
+            ),
+            (
+                "housekeeping",
+                Box::pin(async move {
+                    housekeeping.run_housekeeping(s3).await;
+                    Ok(())
+                }),
+            ),
+        ]
     }
 
     /// Runs a consumer loop on the broker's connection, again on each new connection after a
@@ -102,6 +194,7 @@ impl Worker {
         F: Fn(Arc<Connection>) -> Fut,
         Fut: Future<Output = lapin::Result<()>>,
     {
+        let mut backoff = Backoff::new();
         while !stop.is_cancelled() {
             let connection = tokio::select! {
                 connection = self.broker.connection() => connection,
@@ -110,14 +203,16 @@ impl Worker {
             let Some(connection) = connection else {
                 break;
             };
-            if let Err(error) = consume(connection).await {
-                if stop.is_cancelled() {
-                    break;
-                }
-                tracing::warn!(%error, "{what} lost its channel; resuming");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
-                    () = stop.cancelled() => {}
+            match consume(connection).await {
+                Ok(()) => backoff.reset(),
+                Err(error) => {
+                    if stop.is_cancelled() {
+                        break;
+                    }
+                    tracing::warn!(error = %chain(&error), "{what} lost its channel; resuming");
+                    if !backoff.wait(stop).await {
+                        break;
+                    }
                 }
             }
         }
@@ -128,7 +223,8 @@ impl Worker {
         connection: &Connection,
         stop: &CancellationToken,
     ) -> lapin::Result<()> {
-        let prefetch = u16::try_from(self.batches * self.batch_size * 2).unwrap_or(u16::MAX);
+        let (batches, batch_size) = (self.settings.batches, self.settings.batch_size);
+        let prefetch = u16::try_from(batches * batch_size * 2).unwrap_or(u16::MAX);
         let channel = open_channel(connection, prefetch).await?;
         let tag = format!("kyc-worker-{}", uuid::Uuid::new_v4().simple());
         let mut consumer = channel
@@ -139,14 +235,14 @@ impl Worker {
                 FieldTable::default(),
             )
             .await?;
-        let slots = Arc::new(Semaphore::new(self.batches));
+        let slots = Arc::new(Semaphore::new(batches));
         let in_flight = TaskTracker::new();
         let outcome = loop {
             let first = tokio::select! {
                 () = stop.cancelled() => break Ok(()),
                 next = consumer.next() => next,
             };
-            let mut batch = Vec::with_capacity(self.batch_size);
+            let mut batch = Vec::with_capacity(batch_size);
             let mut ended = None;
             // Whatever else has already arrived joins the batch; nothing waits for more.
             let mut next = Some(first);
@@ -156,7 +252,7 @@ impl Worker {
                     Some(Err(error)) => ended = Some(error),
                     None => ended = Some(consumer_closed()),
                 }
-                if ended.is_none() && batch.len() < self.batch_size {
+                if ended.is_none() && batch.len() < batch_size {
                     next = consumer.next().now_or_never();
                 }
             }
@@ -199,29 +295,28 @@ impl Worker {
 
     /// Applies a batch, holding it while the database is unreachable, and settles each message.
     async fn handle(&self, batch: Vec<Delivery>, stop: &CancellationToken) {
-        let headers: Vec<FieldTable> = batch
-            .iter()
-            .map(|d| d.properties.headers().clone().unwrap_or_default())
-            .collect();
-        let messages: Vec<(&FieldTable, &[u8])> = headers
-            .iter()
-            .zip(&batch)
-            .map(|(h, d)| (h, d.data.as_slice()))
-            .collect();
+        let messages: Vec<Message> = batch.iter().map(Message::from_delivery).collect();
         let outcomes = match self.apply_held(&messages, stop).await {
             None => return, // stopping while the database is away: redelivered later
             Some(Ok(outcomes)) => outcomes,
             Some(Err(error)) => {
-                tracing::warn!(%error, size = batch.len(), "batch failed; applying its messages one by one");
+                tracing::warn!(error = %chain(&error), size = batch.len(), "batch failed; applying its messages one by one");
                 let mut outcomes = Vec::with_capacity(messages.len());
                 for message in &messages {
-                    match self.apply_held(std::slice::from_ref(message), stop).await {
+                    let span = apply::span(message);
+                    let one = self
+                        .apply_held(std::slice::from_ref(message), stop)
+                        .instrument(span.clone())
+                        .await;
+                    match one {
                         None => return,
                         Some(Ok(mut one)) => {
                             outcomes.push(one.pop().unwrap_or(Outcome::Retry(Reason::ApplyFailed)))
                         }
                         Some(Err(error)) => {
-                            tracing::warn!(%error, "applying a webhook failed");
+                            span.in_scope(|| {
+                                tracing::warn!(error = %chain(&error), "applying a webhook failed")
+                            });
                             outcomes.push(Outcome::Retry(Reason::ApplyFailed));
                         }
                     }
@@ -229,11 +324,16 @@ impl Worker {
                 outcomes
             }
         };
-        let settles = batch
-            .iter()
-            .zip(&headers)
-            .zip(outcomes)
-            .map(|((delivery, headers), outcome)| self.settle(delivery, headers, outcome));
+        let settles =
+            batch
+                .iter()
+                .zip(&messages)
+                .zip(outcomes)
+                .map(|((delivery, message), outcome)| {
+                    let span = apply::span(message);
+                    self.settle(delivery, message, outcome, stop)
+                        .instrument(span)
+                });
         futures_util::future::join_all(settles).await;
     }
 
@@ -241,28 +341,32 @@ impl Worker {
     /// stopped meanwhile; `Err` for a statement that failed.
     async fn apply_held(
         &self,
-        messages: &[(&FieldTable, &[u8])],
+        messages: &[Message],
         stop: &CancellationToken,
-    ) -> Option<Result<Vec<Outcome>, tokio_postgres::Error>> {
-        let mut backoff = Duration::from_millis(100);
+    ) -> Option<Result<Vec<Outcome>, crate::storage::DbError>> {
+        let mut backoff = Backoff::new();
         loop {
             match self.apply_batch(messages).await {
                 Ok(outcomes) => return Some(Ok(outcomes)),
-                Err(apply::ApplyError::Statement(error)) => return Some(Err(error)),
-                Err(apply::ApplyError::DatabaseUnavailable(error)) => {
+                Err(error) if error.is_outage() => {
                     self.count("db_unavailable", "");
-                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "database unavailable; holding the messages");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = stop.cancelled() => return None,
+                    tracing::warn!(error = %chain(&error), "database unavailable; holding the messages");
+                    if !backoff.wait(stop).await {
+                        return None;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
+                Err(error) => return Some(Err(error)),
             }
         }
     }
 
-    async fn settle(&self, delivery: &Delivery, headers: &FieldTable, outcome: Outcome) {
+    async fn settle(
+        &self,
+        delivery: &Delivery,
+        message: &Message,
+        outcome: Outcome,
+        stop: &CancellationToken,
+    ) {
         let forwarded = match &outcome {
             Outcome::Applied { received_at } => {
                 if let Some(received_at) = received_at {
@@ -278,8 +382,8 @@ impl Worker {
                 self.count("duplicate", "");
                 Ok(())
             }
-            Outcome::Retry(reason) => self.retry_or_dead(delivery, headers, *reason).await,
-            Outcome::Dead(reason) => self.dead_letter(delivery, headers, *reason).await,
+            Outcome::Retry(reason) => self.retry_or_dead(message, *reason).await,
+            Outcome::Dead(reason) => self.dead_letter(message, *reason).await,
         };
         match forwarded {
             // Only after the commit, or after the confirmed move to another queue.
@@ -291,13 +395,26 @@ impl Worker {
                         "ack not sent: the channel is closed; the message will be redelivered and absorbed"
                     ),
                     Err(error) => tracing::warn!(
-                        %error,
+                        error = %chain(&error),
                         "ack failed; the message will be redelivered and absorbed"
                     ),
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, "could not move the message; it stays unacked for redelivery")
+                tracing::warn!(error = %chain(&error), "could not move the message; it goes back to the queue");
+                tokio::select! {
+                    () = tokio::time::sleep(REQUEUE_PAUSE) => {}
+                    () = stop.cancelled() => {}
+                }
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                };
+                if !matches!(delivery.acker.nack(requeue).await, Ok(true)) {
+                    tracing::warn!(
+                        "nack not sent: the channel is closed; the message will be redelivered"
+                    );
+                }
             }
         }
     }

@@ -6,7 +6,8 @@ use chrono::Utc;
 
 use super::Worker;
 use super::apply::{Checked, Outcome, Source};
-use crate::veriff::signature::Integration;
+use crate::error::{BoxError, chain};
+use crate::storage::sessions;
 use crate::veriff::{Kind, payload};
 
 /// Sessions asked about in one round.
@@ -14,39 +15,27 @@ const ROUND: i64 = 100;
 
 impl Worker {
     /// Asks Veriff about the sessions that are due; returns how many answers were recorded.
-    pub async fn reconcile_due(&self) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+    pub(super) async fn reconcile_due(&self) -> Result<usize, BoxError> {
         let Some(veriff) = &self.veriff else {
             return Ok(0);
         };
-        let db = self.pool.get().await?;
-        // Claimed before asking, so a failing session is asked again only an hour later.
-        let due = db
-            .query(
-                "UPDATE sessions s SET reconciled_at = now() FROM verifications v
-                 WHERE s.id IN (
-                     SELECT id FROM sessions
-                     WHERE expires_at < now()
-                       AND status IN ('created', 'started', 'submitted', 'review', 'resubmission_requested')
-                       AND (reconciled_at IS NULL OR reconciled_at < now() - interval '1 hour')
-                     ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-                   AND v.id = s.verification_id
-                 RETURNING s.id, v.region",
-                &[&ROUND],
-            )
-            .await?;
-        drop(db);
+        let due = {
+            let db = self.pool.get().await?;
+            sessions::claim_due_for_reconciliation(&db, ROUND).await?
+        };
         let mut recorded = 0;
-        for row in due {
-            let (session, region): (String, String) = (row.get(0), row.get(1));
-            let integration = Integration::parse(&region).unwrap_or(Integration::Eu);
+        for sessions::Due {
+            session_id: session,
+            region: integration,
+        } in due
+        {
             let body = match veriff.decision(integration, &session).await {
                 Ok(body) => body,
                 Err(error) => {
-                    tracing::warn!(%session, %error, "reconciliation: Veriff's decision API failed");
+                    tracing::warn!(%session, error = %chain(&error), "reconciliation: Veriff's decision API failed");
                     continue;
                 }
-            };
-            // No decision yet (or an answer about another session): nothing to record.
+            }; // No decision yet (or an answer about another session): nothing to record.
             let Some(facts) =
                 payload::parse(Kind::Decision, &body).filter(|f| f.session_id == session)
             else {

@@ -1,9 +1,13 @@
 //! The dead-letter recorder: drains `kyc.dead` into the `dead_letters` table, acking each
 //! message only after its row is committed, so dead letters never pile up in the broker and
 //! nothing is lost between the two.
+//!
+//! `kyc.dead` is as untrusted as the main queue: a message may carry anything. A database
+//! outage holds the queue (the letter is recorded once the database is back); a statement
+//! that PostgreSQL refuses for this message's content does not: what can be recorded is, the
+//! raw body always (encrypted), and the recorder moves on.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::StreamExt;
@@ -11,19 +15,23 @@ use lapin::Connection;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Worker, consumer_closed, open_channel};
-use crate::queue::message::{
-    HEADER_ATTEMPTS, HEADER_DEAD_LETTER_ID, HEADER_DEAD_REASON, HEADER_FIRST_FAILURE, HEADER_KIND,
-    HEADER_LAST_FAILURE, header_i64, header_str, header_time, headers_to_json,
-};
-use crate::veriff::{Kind, payload};
+use super::{Reason, Worker, consumer_closed, open_channel};
+use crate::backoff::Backoff;
+use crate::error::chain;
+use crate::queue::Message;
+use crate::storage::DbError;
+use crate::storage::dead_letters::{self as store, NewDeadLetter};
+use crate::veriff::payload;
 
 /// What the broker itself dead-lettered (a message that exceeded the main queue's delivery limit).
 const BROKER_REASON: &str = "DELIVERY_LIMIT";
+/// The `reason` metric label of a reason kyc does not know (the header is untrusted).
+const OTHER_REASON: &str = "OTHER";
+/// Longest reason kept from the untrusted header.
+const REASON_MAX: usize = 64;
 
 impl Worker {
     pub(super) async fn run_recorder(self: Arc<Self>, stop: CancellationToken) {
@@ -67,98 +75,118 @@ impl Worker {
 
     /// Records one dead letter, waiting out database outages; acks after the commit.
     async fn record_one(&self, delivery: &Delivery, stop: &CancellationToken) {
-        let headers = delivery.properties.headers().clone().unwrap_or_default();
-        let mut backoff = Duration::from_millis(100);
+        let message = Message::from_delivery(delivery);
+        let letter = self.letter_of(&message);
+        let label = reason_label(&letter.reason);
+        let mut backoff = Backoff::new();
         loop {
-            match self.insert_dead_letter(&headers, delivery).await {
-                Ok(reason) => {
-                    self.metrics
-                        .dead_letters_recorded
-                        .with_label_values(&[&reason])
-                        .inc();
-                    // lapin answers Ok(false), not an error, when the channel is closed.
-                    match delivery.acker.ack(BasicAckOptions::default()).await {
-                        Ok(true) => {}
-                        Ok(false) => tracing::warn!(
-                            "dead letter recorded but not acked (channel closed); its redelivery is absorbed"
-                        ),
-                        Err(error) => tracing::warn!(
-                            %error,
-                            "dead letter recorded but not acked; its redelivery is absorbed"
-                        ),
+            match self.insert_dead_letter(&letter).await {
+                Ok(()) => break,
+                Err(error) if error.is_outage() => {
+                    tracing::warn!(error = %chain(&error), "cannot record a dead letter yet; holding it");
+                    if !backoff.wait(stop).await {
+                        return; // stopping: redelivered to the next recorder
                     }
-                    return;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "cannot record a dead letter yet");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = stop.cancelled() => return,
+                    // Not an outage: this message's content is refused. Keep what is safe.
+                    tracing::error!(
+                        dead_letter_id = %letter.id,
+                        error = %chain(&error),
+                        "a dead letter's headers were refused; recording its body and reason only"
+                    );
+                    self.metrics.dead_letters_damaged.inc();
+                    let bare = NewDeadLetter {
+                        headers: serde_json::json!({ "kyc-unrecordable": error.to_string() }),
+                        session_id: None,
+                        kind: None,
+                        ..letter.clone()
+                    };
+                    match self.insert_dead_letter(&bare).await {
+                        Ok(()) => break,
+                        Err(error) => {
+                            // Even the bare row fails: the table itself is wrong, for every
+                            // message alike. Hold, as for an outage.
+                            tracing::error!(error = %chain(&error), "cannot record a dead letter; holding it");
+                            if !backoff.wait(stop).await {
+                                return;
+                            }
+                        }
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
+        self.metrics
+            .dead_letters_recorded
+            .with_label_values(&[label])
+            .inc();
+        tracing::info!(dead_letter_id = %letter.id, reason = label, session = letter.session_id.as_deref(), "dead letter recorded");
+        // lapin answers Ok(false), not an error, when the channel is closed.
+        match delivery.acker.ack(BasicAckOptions::default()).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "dead letter recorded but not acked (channel closed); its redelivery is absorbed"
+            ),
+            Err(error) => tracing::warn!(
+                error = %chain(&error),
+                "dead letter recorded but not acked; its redelivery is absorbed"
+            ),
+        }
     }
 
-    async fn insert_dead_letter(
-        &self,
-        headers: &FieldTable,
-        delivery: &Delivery,
-    ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
-        let json = headers_to_json(headers);
-        let message_id = delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|m| m.as_str().to_owned());
-        let id = header_str(headers, HEADER_DEAD_LETTER_ID)
-            .and_then(|id| Uuid::parse_str(id).ok())
-            // A broker dead letter has no id of ours: derive one that is the same on redelivery.
-            .unwrap_or_else(|| derived_id(message_id.as_deref(), &json));
-        let reason = header_str(headers, HEADER_DEAD_REASON)
-            .map(str::to_owned)
-            .unwrap_or_else(|| BROKER_REASON.to_owned());
-        let kind = header_str(headers, HEADER_KIND);
-        let session_id = kind
-            .and_then(Kind::parse)
-            .and_then(|kind| payload::parse(kind, &delivery.data))
-            .map(|facts| facts.session_id);
-        let attempts =
-            i32::try_from(header_i64(headers, HEADER_ATTEMPTS).unwrap_or(0)).unwrap_or(i32::MAX);
+    /// The row for a message: its own dead-letter id (the broker's dead letters get one
+    /// derived from what is the same on every redelivery), everything sanitised.
+    fn letter_of(&self, message: &Message) -> NewDeadLetter {
         let now = Utc::now();
-        let first = header_time(headers, HEADER_FIRST_FAILURE).unwrap_or(now);
-        let last = header_time(headers, HEADER_LAST_FAILURE).unwrap_or(now);
-        let body = self.archive.seal(&delivery.data);
+        let reason: String = message
+            .dead_reason
+            .clone()
+            .unwrap_or_else(|| BROKER_REASON.to_owned())
+            .chars()
+            .take(REASON_MAX)
+            .collect();
+        let letter = NewDeadLetter {
+            id: message
+                .dead_letter_id
+                .unwrap_or_else(|| message.broker_dead_letter_id()),
+            reason,
+            kind: message.kind.map(|k| k.as_str().to_owned()),
+            session_id: message
+                .kind
+                .and_then(|kind| payload::parse(kind, &message.body))
+                .map(|facts| facts.session_id),
+            attempts: i32::try_from(message.attempts).unwrap_or(i32::MAX),
+            first_failure: message.first_failure.unwrap_or(now),
+            last_failure: message.last_failure.unwrap_or(now),
+            message_id: message.message_id.clone(),
+            headers: message.headers_json(),
+            body_ciphertext: self.archive.seal(&message.body),
+        };
+        let clean = letter.clone().sanitised();
+        if clean.session_id != letter.session_id
+            || clean.headers != letter.headers
+            || clean.message_id != letter.message_id
+            || clean.reason != letter.reason
+        {
+            tracing::warn!(dead_letter_id = %letter.id, "a dead letter carried NUL characters; recorded with them replaced");
+            self.metrics.dead_letters_damaged.inc();
+        }
+        clean
+    }
 
+    async fn insert_dead_letter(&self, letter: &NewDeadLetter) -> Result<(), DbError> {
         let client = self.pool.get().await?;
-        client
-            .execute(
-                "INSERT INTO dead_letters (id, reason, kind, session_id, attempts, first_failure, last_failure,
-                     message_id, headers, body_ciphertext)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                 ON CONFLICT (id) DO NOTHING",
-                &[&id, &reason, &kind, &session_id, &attempts, &first, &last, &message_id, &json, &body],
-            )
-            .await?;
-        tracing::info!(dead_letter_id = %id, reason = %reason, session = session_id.as_deref(), "dead letter recorded");
-        Ok(reason)
+        store::insert(&client, letter).await?;
+        Ok(())
     }
 }
 
-fn derived_id(message_id: Option<&str>, headers: &serde_json::Value) -> Uuid {
-    let mut hash = Sha256::new();
-    hash.update(message_id.unwrap_or_default().as_bytes());
-    // x-death carries the time of the broker's dead-lettering: a later death is a new letter.
-    hash.update(
-        headers
-            .get("x-death")
-            .map(ToString::to_string)
-            .unwrap_or_default()
-            .as_bytes(),
-    );
-    let digest = hash.finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+/// A bounded label: the reasons kyc writes, the broker's, or OTHER.
+fn reason_label(reason: &str) -> &'static str {
+    Reason::ALL
+        .iter()
+        .map(|r| r.as_str())
+        .chain([BROKER_REASON])
+        .find(|known| *known == reason)
+        .unwrap_or(OTHER_REASON)
 }

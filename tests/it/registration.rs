@@ -12,7 +12,8 @@ use secrecy::SecretString;
 use uuid::Uuid;
 
 use kyc::veriff::client::VeriffClient;
-use kyc::veriff::signature::{Integration, sign};
+use kyc::veriff::integration::Integration;
+use kyc::veriff::signature::sign;
 
 use crate::harness::fake_veriff::{FakeVeriff, Mode};
 use crate::harness::registration::{
@@ -873,7 +874,7 @@ async fn session_urls_appear_nowhere_in_the_database_in_plain_text() {
     let created = eu.created();
     assert_eq!(created.len(), 2);
     // Each URL is stored, sealed with the URL key.
-    let cipher = app.config.url_cipher(false).expect("the URL key");
+    let cipher = app.config.url_cipher().expect("the URL key");
     for session in &created {
         let sealed: Option<Vec<u8>> = db
             .query_one(
@@ -1184,7 +1185,7 @@ async fn the_decision_request_is_signed_over_the_session_id() {
         &[],
     );
     let client = VeriffClient::new(
-        config.integrations(false).expect("integrations"),
+        config.integrations().expect("integrations"),
         &eu.base_url,
         &eu.base_url,
         Some("https://app.example/verified".to_owned()),

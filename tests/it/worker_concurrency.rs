@@ -8,7 +8,7 @@ use futures_util::future::join_all;
 use kyc::state_machine::{
     self, Decision, DecisionStatus, Event, EventAction, Input, Observation, Row,
 };
-use kyc::veriff::signature::Integration;
+use kyc::veriff::integration::Integration;
 use uuid::Uuid;
 
 use crate::harness::seed::{RowView, decision, event, row_of, time};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use kyc::queue::message::{
     HEADER_INTEGRATION, HEADER_KIND, HEADER_RECEIVED_AT, HEADER_SIGNATURE, put, rfc3339,
 };
-use kyc::veriff::signature::Integration;
+use kyc::veriff::integration::Integration;
 use lapin::BasicProperties;
 use lapin::types::FieldTable;
 use sha2::{Digest, Sha256};

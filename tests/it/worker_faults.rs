@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use kyc::veriff::signature::Integration;
+use kyc::veriff::integration::Integration;
 
 use crate::harness::process::WorkerProcess;
 use crate::harness::proxy::Proxy;

@@ -153,10 +153,15 @@ impl TestApp {
             .then(|| TcpListener::bind("127.0.0.1:0").expect("bind port 0"));
         let roles = Roles {
             http,
+            ops: None,
             api: spawn.http,
             worker: spawn.worker,
         };
-        let service = Service::start(&config, spawn.dev, roles).expect("service starts");
+        let config = Config {
+            dev: spawn.dev,
+            ..config
+        };
+        let service = Service::start(&config, roles).expect("service starts");
         let base_url = service
             .http_addr()
             .map(|a| format!("http://{a}"))
@@ -253,7 +258,7 @@ impl TestApp {
     }
 
     pub fn peek(&self) -> QueuePeek {
-        QueuePeek::new(kyc::app::topology(&self.config))
+        QueuePeek::new(self.config.topology())
     }
 
     /// The Prometheus text of `/metrics` (HTTP and worker share one registry per process).
@@ -298,7 +303,7 @@ impl Drop for TestApp {
         // Idle keep-alive connections would hold up the graceful shutdown.
         drop(std::mem::take(&mut self.http));
         let service = self.service.take();
-        let topology = self.owner.then(|| kyc::app::topology(&self.config));
+        let topology = self.owner.then(|| self.config.topology());
         // Drop cannot be async: clean up on a thread of its own, even after a panic.
         let cleanup = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()

@@ -9,7 +9,7 @@ use kyc::queue::message::{
     HEADER_ATTEMPTS, HEADER_DEAD_LETTER_ID, HEADER_DEAD_REASON, HEADER_FIRST_FAILURE,
     HEADER_LAST_FAILURE, HEADER_SIGNATURE,
 };
-use kyc::veriff::signature::Integration;
+use kyc::veriff::integration::Integration;
 use lapin::types::AMQPValue;
 use uuid::Uuid;
 
@@ -89,6 +89,7 @@ fn table_row(json: &serde_json::Value) -> Vec<String> {
         short(&json["first_failure"]),
         short(&json["last_failure"]),
         short(&json["replayed_at"]),
+        short(&json["purged_at"]),
     ]
 }
 
@@ -103,7 +104,7 @@ async fn list_table(app: &TestApp, args: &[&str]) -> Vec<Vec<String>> {
         header,
         [
             "ID", "KIND", "SESSION", "REASON", "ATTEMPTS", "FIRST", "FAILURE", "LAST", "FAILURE",
-            "REPLAYED"
+            "REPLAYED", "PURGED"
         ],
         "the table's header: {}",
         ran.stdout
@@ -660,7 +661,34 @@ async fn purge_needs_yes_and_deletes_by_id_or_by_time() {
     }
     let recorded = wait_letters(&app, 3).await;
     let ids: Vec<Uuid> = recorded.iter().map(|l| l.id).collect();
-    let remaining = || async { letters(&app).await.iter().map(|l| l.id).collect::<Vec<_>>() };
+    // A purged letter keeps its row, without its body: it no longer needs action.
+    let remaining = || async {
+        app.db()
+            .client()
+            .await
+            .query(
+                "SELECT id FROM dead_letters WHERE purged_at IS NULL ORDER BY recorded_at, id",
+                &[],
+            )
+            .await
+            .expect("unpurged letters")
+            .iter()
+            .map(|r| r.get::<_, Uuid>(0))
+            .collect::<Vec<_>>()
+    };
+    let bodies_of_purged = || async {
+        app.db()
+            .client()
+            .await
+            .query_one(
+                "SELECT count(*) FILTER (WHERE body_ciphertext IS NOT NULL), count(*)
+                 FROM dead_letters WHERE purged_at IS NOT NULL",
+                &[],
+            )
+            .await
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
+            .expect("purged letters")
+    };
 
     let refused = kyc(&app, &["dlq", "purge", "--id", &ids[0].to_string()])
         .await
@@ -687,6 +715,12 @@ async fn purge_needs_yes_and_deletes_by_id_or_by_time() {
     .ok();
     assert!(ran.stdout.contains("1 dead letter(s) purged"), "{ran:#?}");
     assert_eq!(remaining().await, ids[1..]);
+    assert_eq!(
+        bodies_of_purged().await,
+        (0, 1),
+        "the purged body is deleted"
+    );
+    assert_eq!(letters(&app).await.len(), 3, "the row stays as a record");
 
     // --before: only those recorded before the time.
     app.db()
@@ -715,4 +749,49 @@ async fn purge_needs_yes_and_deletes_by_id_or_by_time() {
     .ok();
     assert!(ran.stdout.contains("0 dead letter(s) purged"), "{ran:#?}");
     assert_eq!(remaining().await, ids[2..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_shows_what_needs_action_and_all_shows_replayed_and_purged_letters() {
+    let app = TestApp::run().await;
+    app.send("decision", &unparseable(0)).await;
+    app.send("decision", &unparseable(1)).await;
+    let first = wait_letters(&app, 2).await;
+    let (replayed, purged) = (first[0].id.to_string(), first[1].id.to_string());
+
+    kyc(&app, &["dlq", "replay", "--id", &replayed]).await.ok();
+    // Replayed, it fails again: a new life, so a new letter, not the old one again.
+    let after = wait_letters(&app, 3).await;
+    let again = after
+        .iter()
+        .find(|l| l.id != first[0].id && l.id != first[1].id)
+        .expect("the replayed letter dead-lettered again");
+    assert_eq!(again.message_id, first[0].message_id, "the same webhook");
+    kyc(&app, &["dlq", "purge", "--id", &purged, "--yes"])
+        .await
+        .ok();
+
+    let ids = |listed: &[serde_json::Value]| -> Vec<String> {
+        listed
+            .iter()
+            .map(|l| l["id"].as_str().expect("an id").to_owned())
+            .collect()
+    };
+    let open = list_json(&app, &[]).await;
+    assert_eq!(ids(&open), [again.id.to_string()], "only what needs action");
+    let table = list_table(&app, &[]).await;
+    assert_eq!(table.len(), 1, "{table:?}");
+
+    let all = list_json(&app, &["--all"]).await;
+    assert_eq!(all.len(), 3, "{all:#?}");
+    let by_id = |id: &str| {
+        all.iter()
+            .find(|l| l["id"] == id)
+            .unwrap_or_else(|| panic!("{id} listed with --all"))
+    };
+    assert!(by_id(&replayed)["replayed_at"].is_string());
+    assert!(by_id(&replayed)["purged_at"].is_null());
+    assert!(by_id(&purged)["purged_at"].is_string());
+    assert!(by_id(&again.id.to_string())["replayed_at"].is_null());
+    assert_eq!(list_table(&app, &["--all"]).await.len(), 3);
 }

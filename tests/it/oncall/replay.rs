@@ -1,7 +1,7 @@
 //! `kyc replay`: recorded inputs republished with their original signature, so the worker
 //! recomputes the rows, e.g. after a change of configuration.
 
-use kyc::veriff::signature::Integration;
+use kyc::veriff::integration::Integration;
 
 use super::kyc;
 use crate::harness::seed::{decision, event, row_of, time};

@@ -1,7 +1,7 @@
 //! `kyc trigger`: a correctly signed test webhook. Against anything but a `--dev` instance it
 //! is a real KYC decision: refused without `--production --reason`, audited with them.
 
-use kyc::veriff::signature::Integration;
+use kyc::veriff::integration::Integration;
 
 use super::{OPERATOR, audit_log, kyc};
 use crate::harness::seed::row_of;

@@ -13,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::signature::sign;
+use crate::veriff::signature::sign;
 
 pub struct StandIn {
     /// Where the receiver listens (this same server).
