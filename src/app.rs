@@ -15,12 +15,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::error::{BoxError, chain};
-use crate::http::{self, AppState, BearerAuth, ClientKeys, Needs, Ops, RateLimiter, Registration};
+use crate::http::{self, AppState, BearerAuth, Needs, Ops, RateLimiter, Registration, Views};
 use crate::metrics::Metrics;
 use crate::queue::Broker;
 use crate::spool::Spool;
 use crate::storage;
-use crate::storage::notifications::Notifier;
+use crate::storage::notifications;
 use crate::veriff::client::VeriffClient;
 use crate::worker::{Worker, WorkerSettings};
 
@@ -146,10 +146,14 @@ impl Service {
         if let Some(listener) = roles.http {
             let running = match api_pool {
                 Some(pool) => {
-                    let (notifier, feed) =
-                        Notifier::new(config.database_url.clone(), service.stop.clone());
+                    let views = Arc::new(Views {
+                        clients: Arc::default(),
+                        status: Arc::default(),
+                    });
+                    let (url, stop) = (config.database_url.clone(), service.stop.clone());
+                    let views_listener = Arc::clone(&views) as Arc<dyn notifications::Listener>;
                     service.supervise("notification listener", async move {
-                        feed.await;
+                        notifications::listen(url, views_listener, stop).await;
                         Ok(())
                     });
                     let registration = Registration {
@@ -157,9 +161,9 @@ impl Service {
                         veriff: veriff(Some(config.callback_url(own_addr)?))?,
                         urls: config.url_cipher()?,
                         policy: config.policy(),
-                        clients: ClientKeys::default(),
+                        clients: Arc::clone(&views.clients),
                         limiter: RateLimiter::new(config.client_rate_limit),
-                        notifier,
+                        status: Arc::clone(&views.status),
                         bearer: BearerAuth::new(config.jwt()?)?,
                     };
                     let spool = Spool::new(

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub dead_letters_open: IntGauge,
     /// Status requests waiting for a change (`Prefer: wait`).
     pub status_waiters: IntGauge,
+    /// Database reads by the status endpoints (what the in-memory view could not answer).
+    pub status_reads: IntCounter,
     /// 1 while the broker connection is up.
     pub broker_connected: IntGauge,
     /// 1 while the database answers.
@@ -147,6 +149,14 @@ impl Metrics {
                 r,
                 IntGauge::new("kyc_status_waiters", "Status requests waiting for a change")
                     .expect("valid metric"),
+            ),
+            status_reads: registered(
+                r,
+                IntCounter::new(
+                    "kyc_status_reads_total",
+                    "Database reads by the status endpoints (polls the in-memory view could not answer)",
+                )
+                .expect("valid metric"),
             ),
             broker_connected: registered(
                 r,

@@ -6,6 +6,7 @@ mod openapi;
 mod ops;
 mod registration;
 mod status;
+mod status_view;
 mod user;
 mod webhooks;
 
@@ -23,6 +24,7 @@ use futures_util::StreamExt;
 pub use bearer::BearerAuth;
 pub use clients::{ClientKeys, RateLimiter};
 pub use ops::{Needs, Ops};
+pub use status_view::StatusView;
 
 use crate::crypto::Cipher;
 use crate::dev::StandIn;
@@ -31,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::queue::Broker;
 use crate::spool::Spool;
 use crate::state_machine::Policy;
-use crate::storage::notifications::Notifier;
+use crate::storage::notifications::{Change, Listener};
 use crate::veriff::client::VeriffClient;
 use crate::veriff::integration::Integrations;
 
@@ -61,10 +63,31 @@ pub struct Registration {
     /// Seals session URLs (KYC_URL_ENCRYPTION_KEY).
     pub urls: Cipher,
     pub policy: Policy,
-    pub clients: ClientKeys,
+    pub clients: Arc<ClientKeys>,
     pub limiter: RateLimiter,
-    pub notifier: Notifier,
+    pub status: Arc<StatusView>,
     pub bearer: BearerAuth,
+}
+
+/// What this process keeps in memory and the database's change notifications invalidate.
+pub struct Views {
+    pub clients: Arc<ClientKeys>,
+    pub status: Arc<StatusView>,
+}
+
+impl Listener for Views {
+    fn changed(&self, change: Change) {
+        match change {
+            Change::ApiClient(Some(digest)) => self.clients.changed(&digest),
+            Change::ApiClient(None) => self.clients.set_listening(true),
+            Change::Verification(_) | Change::Onboarding { .. } => self.status.changed(change),
+        }
+    }
+
+    fn listening(&self, listening: bool) {
+        self.clients.set_listening(listening);
+        self.status.set_listening(listening);
+    }
 }
 
 /// The API's routes: webhooks, registration, status, the OpenAPI document.

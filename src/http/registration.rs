@@ -9,6 +9,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::clients::Limit;
+use super::status_view::Key;
 use super::{AppState, read_limited};
 use crate::error::{ApiError, Problem};
 use crate::state_machine::{Retry, State};
@@ -126,6 +127,11 @@ pub async fn create(
     let answer = api
         .issue_session(tx, &verification, onboarding.user_id.as_deref())
         .await?;
+    api.status
+        .written(verification.id, Key::Onboarding(onboarding_id));
+    if let Some(user) = onboarding.user_id.as_deref() {
+        api.status.written(verification.id, Key::user(user));
+    }
     Ok(HttpResponse::Ok().json(answer))
 }
 

@@ -1,23 +1,23 @@
 //! `GET /v1/auth/register/status` and `GET /v1/user/verification/status`: the verification
-//! state, cheap to poll. The ETag is a hash
-//! of the body; `If-None-Match` with it is answered 304, and with `Prefer: wait=N` the answer
-//! waits (without holding a database connection) until the body changes or N seconds pass.
+//! state, cheap to poll (answered from the in-memory view while nothing changed). The ETag is
+//! a hash of the body; `If-None-Match` with it is answered 304, and with `Prefer: wait=N` the
+//! answer waits (costing the database nothing) until the body changes or N seconds pass.
 
 use std::future::Future;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use actix_web::http::header::{CACHE_CONTROL, ETAG, IF_NONE_MATCH};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
-use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use super::AppState;
 use super::clients::Limit;
+use super::status_view::{Answer, Key};
 use crate::error::{ApiError, Problem};
 use crate::state_machine::{Retry, State};
-use crate::storage::notifications::Notice;
 use crate::storage::registration::{self as reg, VerificationStatus};
 
 const MAX_WAIT: u64 = 30;
@@ -86,14 +86,17 @@ pub async fn onboarding_status(
         .ok_or(ApiError::InvalidRequest("onboardingId must be a UUID"))?;
     api.limiter
         .check(client.id, onboarding, Limit::StatusPoll)?;
-    respond(&req, &state, || async {
+    let read = || async {
         let db = api.pool.get().await?;
-        if reg::onboarding(&db, onboarding, client.id).await?.is_none() {
-            return Err(ApiError::OnboardingNotFound);
-        }
-        Ok(reg::onboarding_status(&db, onboarding).await?)
-    })
-    .await
+        state.metrics.status_reads.inc();
+        Ok(match reg::onboarding_view(&db, onboarding).await? {
+            Some((owner, verification, status)) => Answer::new(Some(owner), verification, status),
+            None => Answer::new(None, None, VerificationStatus::unverified()),
+        })
+    };
+    // Another client's onboarding is as unknown as one that does not exist.
+    let visible = |answer: &Answer| answer.owner == Some(client.id);
+    respond(&req, &state, Key::Onboarding(onboarding), read, visible).await
 }
 
 /// `GET /v1/user/verification/status`: the same, for the bearer token's user.
@@ -109,6 +112,7 @@ pub async fn onboarding_status(
         (status = 200, description = "The user's verification state", body = Status),
         (status = 304, description = "Unchanged since the ETag presented"),
         (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn user_status(
@@ -117,58 +121,113 @@ pub async fn user_status(
 ) -> Result<HttpResponse, ApiError> {
     let api = &state.registration;
     let user = api.bearer.user(req.headers())?;
-    respond(&req, &state, || async {
+    api.limiter.check_user(&user, Limit::StatusPoll)?;
+    let read = || async {
         let db = api.pool.get().await?;
-        Ok(reg::user_status(&db, &user).await?)
-    })
-    .await
+        state.metrics.status_reads.inc();
+        let (verification, status) = reg::user_status(&db, &user).await?;
+        Ok(Answer::new(None, verification, status))
+    };
+    respond(&req, &state, Key::user(&user), read, |_| true).await
 }
 
-/// Answers with the status and its ETag, or 304, waiting for a change when asked to.
-async fn respond<F, Fut>(
+/// Answers with the status and its ETag, or 304, waiting for a change when asked to. The
+/// answer comes from the in-memory view when it can, else from `read`.
+async fn respond<F, Fut, V>(
     req: &HttpRequest,
     state: &AppState,
+    key: Key,
     read: F,
+    visible: V,
 ) -> Result<HttpResponse, ApiError>
 where
     F: Fn() -> Fut,
-    Fut: Future<Output = Result<(Option<Uuid>, VerificationStatus), ApiError>>,
+    Fut: Future<Output = Result<Answer, ApiError>>,
+    V: Fn(&Answer) -> bool,
 {
-    // Subscribed before the first read, so no change can slip between read and wait.
-    let mut notices = state.registration.notifier.subscribe();
-    let (mut verification, status) = read().await?;
-    let status = Status::from(status);
-    let mut etag = etag_of(&status);
-    let presented = req
-        .headers()
-        .get(IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok());
-    if presented != Some(etag.as_str()) {
-        return Ok(answer(&status, &etag));
+    let view = &state.registration.status;
+    let current = || async {
+        if let Some(answer) = view.get(&key) {
+            return Ok(answer);
+        }
+        let epoch = view.epoch();
+        let answer = Arc::new(read().await?);
+        view.keep(key, Arc::clone(&answer), epoch);
+        Ok::<_, ApiError>(answer)
+    };
+    let presented = if_none_match(req);
+    let wait = requested_wait(req);
+    // Registered before the first read, so that no change can slip between read and wait.
+    let mut watch = match (&presented, wait) {
+        (Some(_), Some(_)) => Some(view.watch(key)),
+        _ => None,
+    };
+    let mut answer = current().await?;
+    if !visible(&answer) {
+        return Err(ApiError::OnboardingNotFound);
     }
-    let Some(wait) = requested_wait(req) else {
-        return Ok(not_modified(&etag));
+    let matches = |answer: &Answer| presented.as_ref().is_some_and(|p| p.matches(&answer.etag));
+    if !matches(&answer) {
+        return Ok(ok(&answer));
+    }
+    let (Some(wait), Some(watch)) = (wait, watch.as_mut()) else {
+        return Ok(not_modified(&answer.etag));
     };
     let deadline = tokio::time::Instant::now() + wait;
     let _waiting = Waiting::start(&state.metrics.status_waiters);
     loop {
-        let notice = tokio::time::timeout_at(deadline, notices.recv()).await;
-        let relevant = match notice {
-            Err(_) | Ok(Err(RecvError::Closed)) => return Ok(not_modified(&etag)),
-            Ok(Ok(Notice::Changed(id))) => verification.is_none_or(|v| v == id),
-            Ok(Ok(Notice::Resync) | Err(RecvError::Lagged(_))) => true,
-        };
-        if relevant {
-            let (now_verification, status) = read().await?;
-            let status = Status::from(status);
-            verification = now_verification;
-            let current = etag_of(&status);
-            if current != etag {
-                return Ok(answer(&status, &current));
-            }
-            etag = current;
+        let _ = watch.changes.borrow_and_update();
+        match tokio::time::timeout_at(deadline, watch.changes.changed()).await {
+            Ok(Ok(())) => {}
+            Err(_) | Ok(Err(_)) => return Ok(not_modified(&answer.etag)),
+        }
+        answer = current().await?;
+        if !visible(&answer) {
+            return Err(ApiError::OnboardingNotFound);
+        }
+        if !matches(&answer) {
+            return Ok(ok(&answer));
         }
     }
+}
+
+/// `If-None-Match`: `*`, or a list of ETags, strong or weak (`W/"…"`, as gzip proxies make
+/// them); weak comparison, as RFC 9110 wants for it.
+enum Presented {
+    Any,
+    Tags(Vec<String>),
+}
+
+impl Presented {
+    fn matches(&self, etag: &str) -> bool {
+        match self {
+            Presented::Any => true,
+            Presented::Tags(tags) => tags.iter().any(|t| t == etag),
+        }
+    }
+}
+
+fn if_none_match(req: &HttpRequest) -> Option<Presented> {
+    let values: Vec<&str> = req
+        .headers()
+        .get_all(IF_NONE_MATCH)
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if values.is_empty() {
+        return None;
+    }
+    let mut tags = Vec::new();
+    for tag in values.iter().flat_map(|v| v.split(',')) {
+        let tag = tag.trim();
+        if tag == "*" {
+            return Some(Presented::Any);
+        }
+        let strong = tag.strip_prefix("W/").unwrap_or(tag);
+        if strong.len() >= 2 && strong.starts_with('"') && strong.ends_with('"') {
+            tags.push(strong.to_owned());
+        }
+    }
+    Some(Presented::Tags(tags))
 }
 
 /// `Prefer: wait=N`, capped at 30 seconds.
@@ -181,16 +240,12 @@ fn requested_wait(req: &HttpRequest) -> Option<Duration> {
         .map(|n| Duration::from_secs(n.min(MAX_WAIT)))
 }
 
-fn etag_of(status: &Status) -> String {
-    let body = serde_json::to_vec(status).unwrap_or_default();
-    format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..16]))
-}
-
-fn answer(status: &Status, etag: &str) -> HttpResponse {
+fn ok(answer: &Answer) -> HttpResponse {
     HttpResponse::Ok()
-        .insert_header((ETAG, etag.to_owned()))
+        .insert_header((ETAG, answer.etag.clone()))
         .insert_header((CACHE_CONTROL, "no-cache"))
-        .json(status)
+        .content_type("application/json")
+        .body(answer.body.clone())
 }
 
 fn not_modified(etag: &str) -> HttpResponse {
@@ -213,5 +268,43 @@ impl<'a> Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    fn presented(values: &[&str]) -> Option<Presented> {
+        let mut req = TestRequest::default();
+        for v in values {
+            req = req.append_header((IF_NONE_MATCH, *v));
+        }
+        if_none_match(&req.to_http_request())
+    }
+
+    #[test]
+    fn weak_tags_lists_and_star_match() {
+        let etag = "\"abc\"";
+        for values in [
+            &["\"abc\""][..],
+            &["W/\"abc\""],
+            &["\"x\", W/\"abc\""],
+            &["\"x\"", "\"abc\""],
+            &["*"],
+        ] {
+            assert!(
+                presented(values).is_some_and(|p| p.matches(etag)),
+                "{values:?}"
+            );
+        }
+        for values in [&["\"abcd\""][..], &["abc"], &["W/abc"], &[""]] {
+            assert!(
+                !presented(values).is_some_and(|p| p.matches(etag)),
+                "{values:?}"
+            );
+        }
+        assert!(presented(&[]).is_none());
     }
 }

@@ -5,6 +5,8 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::AppState;
+use super::clients::Limit;
+use super::status_view::Key;
 use crate::error::{ApiError, Problem};
 use crate::state_machine::Retry;
 use crate::storage::registration as reg;
@@ -18,6 +20,7 @@ use crate::storage::verifications as store;
         (status = 200, description = "A Veriff session URL for the user", body = crate::http::registration::SessionAnswer),
         (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "VERIFICATION_BLOCKED", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED, with Retry-After", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "PROVIDER_UNAVAILABLE", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -27,6 +30,7 @@ pub async fn verification(
 ) -> Result<HttpResponse, ApiError> {
     let api = &state.registration;
     let user = api.bearer.user(req.headers())?;
+    api.limiter.check_user(&user, Limit::Session)?;
     let mut db = api.pool.get().await?;
     let tx = db.transaction().await?;
     let id = reg::verification_of_user(&tx, &user).await?;
@@ -38,5 +42,6 @@ pub async fn verification(
         return Err(ApiError::VerificationBlocked);
     }
     let answer = api.issue_session(tx, &verification, Some(&user)).await?;
+    api.status.written(verification.id, Key::user(&user));
     Ok(HttpResponse::Ok().json(answer))
 }

@@ -55,6 +55,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "spool",
         sql: include_str!("../../migrations/0008_spool.sql"),
     },
+    Migration {
+        version: 9,
+        name: "change_notifications",
+        sql: include_str!("../../migrations/0009_change_notifications.sql"),
+    },
 ];
 
 /// An arbitrary constant shared by every kyc process: the advisory lock's key.

@@ -101,10 +101,17 @@ pub async fn verification_of_onboarding(
     user_id: Option<&str>,
     region: Integration,
 ) -> Result<Uuid, tokio_postgres::Error> {
+    // A new verification changes what the onboarding's (and its user's) status poll reads:
+    // announced like a change of the onboarding.
     execute(
         tx,
-        "INSERT INTO verifications (id, onboarding_id, user_id, region, state, retry)
-         VALUES ($1, $2, $3, $4, 'UNVERIFIED', 'NONE') ON CONFLICT (onboarding_id) DO NOTHING",
+        "WITH created AS (
+             INSERT INTO verifications (id, onboarding_id, user_id, region, state, retry)
+             VALUES ($1, $2, $3, $4, 'UNVERIFIED', 'NONE') ON CONFLICT (onboarding_id) DO NOTHING
+             RETURNING onboarding_id, user_id
+         )
+         SELECT pg_notify('kyc_onboardings', onboarding_id::text || ':' || coalesce(encode(sha256(convert_to(user_id, 'UTF8')), 'hex'), ''))
+         FROM created",
         &[&Uuid::new_v4(), &onboarding, &user_id, &region],
     )
     .await?;
@@ -191,6 +198,32 @@ pub async fn onboarding_status(
     }
 }
 
+/// An onboarding as its status poll sees it: the client it belongs to, and its verification's
+/// id and status (one statement: this is the polled path's only query).
+pub async fn onboarding_view(
+    db: &impl GenericClient,
+    onboarding: Uuid,
+) -> Result<Option<(Uuid, Option<Uuid>, VerificationStatus)>, tokio_postgres::Error> {
+    let row = query_opt(
+        db,
+        "SELECT v.id, v.state, v.retry, v.reason_code, v.reason, v.updated_at, o.client_id
+         FROM onboardings o LEFT JOIN verifications v ON v.onboarding_id = o.id
+         WHERE o.id = $1",
+        &[&onboarding],
+    )
+    .await?;
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    let client: Uuid = r.try_get(6)?;
+    let verification: Option<Uuid> = r.try_get(0)?;
+    let status = match verification {
+        Some(_) => status_of(&r)?,
+        None => VerificationStatus::unverified(),
+    };
+    Ok(Some((client, verification, status)))
+}
+
 /// The newest onboarding of a user, if any.
 async fn newest_onboarding(
     db: &impl GenericClient,
@@ -213,9 +246,15 @@ pub async fn verification_of_user(
     if let Some(onboarding) = newest_onboarding(tx, user).await? {
         return verification_of_onboarding(tx, onboarding, Some(user), Integration::Eu).await;
     }
-    execute(tx,
-        "INSERT INTO verifications (id, user_id, region, state, retry) VALUES ($1, $2, 'EU', 'UNVERIFIED', 'NONE')
-         ON CONFLICT (user_id) WHERE onboarding_id IS NULL DO NOTHING",
+    execute(
+        tx,
+        "WITH created AS (
+             INSERT INTO verifications (id, user_id, region, state, retry)
+             VALUES ($1, $2, 'EU', 'UNVERIFIED', 'NONE')
+             ON CONFLICT (user_id) WHERE onboarding_id IS NULL DO NOTHING
+             RETURNING user_id
+         )
+         SELECT pg_notify('kyc_onboardings', ':' || encode(sha256(convert_to(user_id, 'UTF8')), 'hex')) FROM created",
         &[&Uuid::new_v4(), &user],
     )
     .await?;

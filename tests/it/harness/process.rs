@@ -118,3 +118,49 @@ pub fn kyc_command(config: &Config) -> Command {
     }
     command
 }
+
+/// A running `kyc serve` of the deployment `config` describes, on a port of its own; killed
+/// (SIGKILL) when dropped.
+pub struct ServeProcess {
+    child: Child,
+    pub base_url: String,
+}
+
+impl ServeProcess {
+    pub fn start(config: &Config) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let child = kyc_command(config)
+            .arg("serve")
+            .env("KYC_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the kyc binary starts");
+        Self {
+            child,
+            base_url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Waits until `base` answers /readyz with 200.
+    pub async fn wait_ready(http: &reqwest::Client, base: &str) {
+        super::eventually(
+            std::time::Duration::from_secs(20),
+            &format!("{base} to become ready"),
+            || async {
+                let r = http.get(format!("{base}/readyz")).send().await.ok()?;
+                r.status().is_success().then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
