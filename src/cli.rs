@@ -77,12 +77,21 @@ pub enum Command {
 
 pub async fn run(cli: Cli) -> Result<(), BoxError> {
     let Cli { config, command } = cli;
-    telemetry::init(config.log_format);
+    let service = matches!(command, Command::Run | Command::Serve | Command::Worker);
+    telemetry::init(config.log_format, if service { "info" } else { "warn" });
     if config.dev {
         config.check_dev_loopback()?;
     }
     match command {
-        Command::Migrate => migrate(&config).await,
+        Command::Migrate => {
+            let applied = migrate(&config).await?;
+            println!(
+                "database up to date ({} migration(s) applied), topology of {} declared",
+                applied.len(),
+                config.queue_prefix
+            );
+            Ok(())
+        }
         Command::Clients(command) => oncall::clients::run(&config, command).await,
         Command::Dlq(command) => oncall::dlq::run(&config, command).await,
         Command::Replay {
@@ -110,12 +119,12 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
     }
 }
 
-async fn migrate(config: &Config) -> Result<(), BoxError> {
+async fn migrate(config: &Config) -> Result<Vec<i32>, BoxError> {
     let applied = storage::migrate::run(&config.database_url).await?;
     tracing::info!(?applied, "database is up to date");
     oncall::declare_topology(config).await?;
     tracing::info!(prefix = %config.queue_prefix, "broker topology declared");
-    Ok(())
+    Ok(applied)
 }
 
 async fn start(config: &Config, api: bool, worker: bool) -> Result<(), BoxError> {

@@ -9,14 +9,16 @@ use crate::config::LogFormat;
 /// with its body and headers, which carry personal data.
 pub const REDACTIONS: &str = "lapin::returned_messages=off";
 
-pub fn filter() -> EnvFilter {
-    let base = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+/// RUST_LOG, else `default` (`info` for the services; `warn` for one-off commands, which
+/// print only their result).
+pub fn filter(default: &str) -> EnvFilter {
+    let base = std::env::var("RUST_LOG").unwrap_or_else(|_| default.to_owned());
     EnvFilter::try_new(format!("{base},{REDACTIONS}"))
-        .unwrap_or_else(|_| EnvFilter::new(format!("info,{REDACTIONS}")))
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default},{REDACTIONS}")))
 }
 
-pub fn init(format: LogFormat) {
-    let filter = filter();
+pub fn init(format: LogFormat, default: &str) {
+    let filter = filter(default);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -5,6 +5,7 @@ mod clients;
 mod openapi;
 mod ops;
 mod registration;
+mod request_id;
 mod status;
 mod status_view;
 mod user;
@@ -160,6 +161,7 @@ where
     let ops = web::Data::from(ops);
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(actix_web::middleware::from_fn(request_id::middleware))
             .app_data(ops.clone())
             .configure(mount.clone())
             .default_service(web::to(|| async { Err::<&str, _>(ApiError::NotFound) }))
