@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, Event};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
@@ -53,8 +54,14 @@ struct Link {
     channels: Arc<ChannelPool>,
 }
 
+/// One broker address, with the TLS settings its URL asks for.
+struct Node {
+    uri: AMQPUri,
+    tls: OwnedTLSConfig,
+}
+
 struct Inner {
-    urls: Vec<AMQPUri>,
+    urls: Vec<Node>,
     name: String,
     topology: Topology,
     link: RwLock<Option<Link>>,
@@ -191,7 +198,7 @@ impl Broker {
     }
 }
 
-fn parse_uri(url: &str) -> Result<AMQPUri, BadUrl> {
+fn parse_uri(url: &str) -> Result<Node, BadUrl> {
     // The URL holds credentials: the error names the problem, never the URL.
     let mut uri: AMQPUri = url
         .parse()
@@ -199,7 +206,31 @@ fn parse_uri(url: &str) -> Result<AMQPUri, BadUrl> {
     if uri.query.heartbeat.is_none() {
         uri.query.heartbeat = Some(HEARTBEAT_SECS);
     }
-    Ok(uri)
+    // `cacertfile`, as RabbitMQ's URI spec names it: the CA to verify the broker against,
+    // instead of the system's roots.
+    let ca_file = url
+        .split_once('?')
+        .map(|(_, query)| query)
+        .into_iter()
+        .flat_map(|query| query.split('&'))
+        .find_map(|pair| pair.strip_prefix("cacertfile="));
+    let cert_chain = match ca_file {
+        None => None,
+        Some(path) => {
+            let path = path.replace("%2F", "/").replace("%2f", "/");
+            Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|_| BadUrl(format!("cacertfile {path} cannot be read")))?,
+            )
+        }
+    };
+    Ok(Node {
+        uri,
+        tls: OwnedTLSConfig {
+            identity: None,
+            cert_chain,
+        },
+    })
 }
 
 async fn publish_on(channel: &Channel, envelope: &Envelope) -> Result<(), PublishError> {
@@ -401,10 +432,16 @@ async fn open_any(inner: &Inner, preferred: usize) -> Option<(usize, Connection)
     None
 }
 
-async fn open(inner: &Inner, uri: &AMQPUri) -> lapin::Result<Connection> {
+async fn open(inner: &Inner, node: &Node) -> lapin::Result<Connection> {
     let properties =
         ConnectionProperties::default().with_connection_name(format!("kyc {}", inner.name).into());
-    let connection = Connection::connect_uri(uri.clone(), properties).await?;
+    let connection = Connection::connect_uri_with_config(
+        node.uri.clone(),
+        properties,
+        node.tls.clone(),
+        lapin::runtime::default_runtime()?,
+    )
+    .await?;
     if let Err(error) = declare(&connection, &inner.topology).await {
         let _ = connection.close(200, "topology failed".into()).await;
         return Err(error);

@@ -3,10 +3,10 @@
 //! PostgreSQL advisory lock, checking that applied ones were not edited since.
 
 use sha2::{Digest, Sha256};
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
 
-use super::{StorageError, parse_url};
+use super::{Database, StorageError};
 
 struct Migration {
     version: i32,
@@ -67,8 +67,9 @@ const LOCK_KEY: i64 = 0x006b_7963_5f6d_6967;
 
 /// Creates the database if it is missing, then applies every pending migration.
 pub async fn run(url: &str) -> Result<Vec<i32>, StorageError> {
-    create_database_if_missing(url).await?;
-    let mut client = connect(&parse_url(url)?).await?;
+    let database = Database::from_url(url)?;
+    create_database_if_missing(&database).await?;
+    let mut client = database.connect().await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await?;
@@ -126,15 +127,13 @@ async fn apply_pending(client: &mut Client) -> Result<Vec<i32>, StorageError> {
     Ok(applied)
 }
 
-async fn create_database_if_missing(url: &str) -> Result<(), StorageError> {
-    let target = parse_url(url)?;
-    let name = target
+async fn create_database_if_missing(database: &Database) -> Result<(), StorageError> {
+    let name = database
+        .config()
         .get_dbname()
         .ok_or(StorageError::NoDatabaseName)?
         .to_owned();
-    let mut maintenance = target.clone();
-    maintenance.dbname("postgres");
-    let client = connect(&maintenance).await?;
+    let client = database.with_dbname("postgres").connect().await?;
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
         .await?
@@ -160,14 +159,4 @@ async fn create_database_if_missing(url: &str) -> Result<(), StorageError> {
         }
         Err(e) => Err(e.into()),
     }
-}
-
-async fn connect(config: &tokio_postgres::Config) -> Result<Client, StorageError> {
-    let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "migration connection closed");
-        }
-    });
-    Ok(client)
 }

@@ -10,7 +10,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::parse_url;
+use super::Database;
 use crate::backoff::Backoff;
 use crate::error::{BoxError, chain};
 
@@ -66,7 +66,29 @@ async fn listen_once(
     listener: &dyn Listener,
     backoff: &mut Backoff,
 ) -> Result<(), BoxError> {
-    let (client, mut connection) = parse_url(url)?.connect(NoTls).await?;
+    let database = Database::from_url(url)?;
+    match database.tls() {
+        None => {
+            let (client, connection) = database.config().connect(NoTls).await?;
+            listen_on(client, connection, listener, backoff).await
+        }
+        Some(tls) => {
+            let (client, connection) = database.config().connect(tls.clone()).await?;
+            listen_on(client, connection, listener, backoff).await
+        }
+    }
+}
+
+async fn listen_on<S, T>(
+    client: tokio_postgres::Client,
+    mut connection: tokio_postgres::Connection<S, T>,
+    listener: &dyn Listener,
+    backoff: &mut Backoff,
+) -> Result<(), BoxError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     // The connection is driven by `forwarding`; `listening` only issues the LISTENs.
     let listening = async {

@@ -99,6 +99,8 @@ pub struct Spawn<'a> {
     pub database: bool,
     /// The service reaches PostgreSQL through this proxy (the test itself goes direct).
     pub database_via: Option<&'a Proxy>,
+    /// The service's KYC_DATABASE_URL for its database, when not the plain one (e.g. TLS).
+    pub database_url: Option<fn(&TestDb) -> String>,
     pub amqp_url: &'a str,
     pub args: &'a [&'a str],
     /// `kyc run --dev`: the local Veriff stand-in at /dev/veriff (the default Veriff base URL
@@ -113,6 +115,7 @@ impl Default for Spawn<'_> {
             worker: false,
             database: false,
             database_via: None,
+            database_url: None,
             amqp_url: AMQP_URL,
             args: &[],
             dev: false,
@@ -128,10 +131,11 @@ impl TestApp {
             true => Some(TestDb::create().await),
             false => None,
         };
-        let database_url = match (&db, spawn.database_via) {
-            (Some(db), Some(proxy)) => db.url_via(proxy.port),
-            (Some(db), None) => db.url.clone(),
-            (None, _) => "postgres://postgres@127.0.0.1:5432/unused".to_owned(),
+        let database_url = match (&db, spawn.database_via, spawn.database_url) {
+            (Some(db), _, Some(url_of)) => url_of(db),
+            (Some(db), Some(proxy), None) => db.url_via(proxy.port),
+            (Some(db), None, None) => db.url.clone(),
+            (None, _, _) => "postgres://postgres@127.0.0.1:5432/unused".to_owned(),
         };
         let mut args = vec!["--archive-encryption-key", ARCHIVE_KEY];
         args.extend_from_slice(spawn.args);
