@@ -26,6 +26,9 @@ use crate::worker::{Worker, WorkerSettings};
 
 /// Connections for the registration API of one process.
 const HTTP_POOL_SIZE: usize = 16;
+/// Session creations at once (each holds a connection while Veriff answers): the other half
+/// of the pool stays for status polls, webhooks spooled and the rest.
+const SESSION_CREATIONS: usize = HTTP_POOL_SIZE / 2;
 
 /// What a process runs. The HTTP listener always serves the probes; with `api` also the
 /// webhooks and the registration API. `ops`, when given, serves the probes and `/metrics`,
@@ -137,9 +140,13 @@ impl Service {
                 false => Needs::BrokerAndDatabase,
             },
         });
+        let limits = |with_metrics| http::Limits {
+            max_connections: config.http_max_connections,
+            with_metrics,
+        };
         let metrics_on_http = roles.ops.is_none();
         if let Some(listener) = roles.ops {
-            let running = http::ops_server(Arc::clone(&ops), listener, true)?;
+            let running = http::ops_server(Arc::clone(&ops), listener, limits(true))?;
             service.servers.push(running.handle());
             service.supervise("ops server", async move { Ok(running.await?) });
         }
@@ -165,6 +172,7 @@ impl Service {
                         limiter: RateLimiter::new(config.client_rate_limit),
                         status: Arc::clone(&views.status),
                         bearer: BearerAuth::new(config.jwt()?)?,
+                        creations: tokio::sync::Semaphore::new(SESSION_CREATIONS),
                     };
                     let spool = Spool::new(
                         registration.pool.clone(),
@@ -186,9 +194,9 @@ impl Service {
                         metrics,
                         registration,
                     };
-                    http::server(state, ops, standin, listener, metrics_on_http)?
+                    http::server(state, ops, standin, listener, limits(metrics_on_http))?
                 }
-                None => http::ops_server(ops, listener, metrics_on_http)?,
+                None => http::ops_server(ops, listener, limits(metrics_on_http))?,
             };
             service.servers.push(running.handle());
             service.supervise("HTTP server", async move { Ok(running.await?) });

@@ -62,6 +62,10 @@ pub struct Config {
     )]
     pub http_addr: SocketAddr,
 
+    /// Connections the HTTP listener holds at once; more wait in the kernel's backlog.
+    #[arg(long, env = "KYC_HTTP_MAX_CONNECTIONS", default_value_t = 4096, global = true, value_parser = clap::value_parser!(u32).range(16..=1_000_000))]
+    pub http_max_connections: u32,
+
     /// When set, `/metrics` is served only on this address (not on KYC_HTTP_ADDR, which
     /// Veriff reaches).
     #[arg(long, env = "KYC_OPS_ADDR", global = true)]

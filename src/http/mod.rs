@@ -68,6 +68,8 @@ pub struct Registration {
     pub limiter: RateLimiter,
     pub status: Arc<StatusView>,
     pub bearer: BearerAuth,
+    /// Session creations allowed at once: fewer than the pool's connections.
+    pub creations: tokio::sync::Semaphore,
 }
 
 /// What this process keeps in memory and the database's change notifications invalidate.
@@ -130,11 +132,12 @@ pub fn server(
     ops: Arc<Ops>,
     standin: Option<StandIn>,
     listener: TcpListener,
-    with_metrics: bool,
+    limits: Limits,
 ) -> std::io::Result<Server> {
     let state = web::Data::new(state);
     let standin = standin.map(web::Data::new);
-    serve_with(ops, listener, move |cfg| {
+    let with_metrics = limits.with_metrics;
+    serve_with(ops, listener, limits, move |cfg| {
         cfg.app_data(state.clone());
         api_routes(cfg);
         ops_routes(cfg, with_metrics);
@@ -146,18 +149,33 @@ pub fn server(
 }
 
 /// Only the operational endpoints: `kyc worker`'s listener, and KYC_OPS_ADDR.
-pub fn ops_server(
-    ops: Arc<Ops>,
-    listener: TcpListener,
-    with_metrics: bool,
-) -> std::io::Result<Server> {
-    serve_with(ops, listener, move |cfg| ops_routes(cfg, with_metrics))
+pub fn ops_server(ops: Arc<Ops>, listener: TcpListener, limits: Limits) -> std::io::Result<Server> {
+    let with_metrics = limits.with_metrics;
+    serve_with(ops, listener, limits, move |cfg| {
+        ops_routes(cfg, with_metrics)
+    })
 }
 
-fn serve_with<F>(ops: Arc<Ops>, listener: TcpListener, mount: F) -> std::io::Result<Server>
+/// How a listener is bounded, and whether it serves `/metrics`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections held at once by the whole server.
+    pub max_connections: u32,
+    pub with_metrics: bool,
+}
+
+fn serve_with<F>(
+    ops: Arc<Ops>,
+    listener: TcpListener,
+    limits: Limits,
+    mount: F,
+) -> std::io::Result<Server>
 where
     F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
 {
+    // actix counts connections per worker thread.
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let per_worker = (limits.max_connections as usize).div_ceil(workers).max(1);
     let ops = web::Data::from(ops);
     let server = HttpServer::new(move || {
         App::new()
@@ -166,6 +184,8 @@ where
             .configure(mount.clone())
             .default_service(web::to(|| async { Err::<&str, _>(ApiError::NotFound) }))
     })
+    .workers(workers)
+    .max_connections(per_worker)
     .listen(listener)?
     .client_request_timeout(HEAD_DEADLINE)
     // Signals are the service's to handle, so that every role stops together.

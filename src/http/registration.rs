@@ -19,6 +19,8 @@ use crate::veriff::integration::Integration;
 
 /// Requests are tiny; anything bigger is not one of ours.
 const BODY_LIMIT: usize = 16 * 1024;
+/// Longest a session request waits for a creation slot.
+const CREATION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// A session this close to its end is not handed out again.
 const REUSE_MARGIN: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
@@ -76,7 +78,7 @@ pub async fn create(
     api.limiter
         .check(client.id, onboarding_id, Limit::Session)?;
 
-    let mut db = api.pool.get().await?;
+    let db = api.pool.get().await?;
     let onboarding = reg::onboarding(&db, onboarding_id, client.id)
         .await?
         .filter(|o| !o.completed)
@@ -113,8 +115,14 @@ pub async fn create(
         }
     }
 
+    drop(db);
+
     // The verification's lock is held across Veriff's call: a concurrent request waits and
     // then reuses the session this one creates, so two calls never create two sessions.
+    // Only so many may wait on Veriff at once, each holding a connection: a slow Veriff
+    // must not take the pool from the status endpoints.
+    let _slot = api.creation_slot().await?;
+    let mut db = api.pool.get().await?;
     let tx = db.transaction().await?;
     let id =
         reg::verification_of_onboarding(&tx, onboarding_id, onboarding.user_id.as_deref(), region)
@@ -145,6 +153,19 @@ fn refuse_by_state(state: State, retry: Retry) -> Result<(), ApiError> {
 }
 
 impl super::Registration {
+    /// A place among the session creations allowed at once (each may wait on Veriff while it
+    /// holds a connection and the verification's lock). Waiting too long for one means Veriff
+    /// is not keeping up: that is the provider being unavailable, not the database.
+    pub(super) async fn creation_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        match tokio::time::timeout(CREATION_WAIT, self.creations.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!("every session creation slot is waiting on Veriff");
+                Err(ApiError::ProviderUnavailable)
+            }
+        }
+    }
+
     /// The current session when it is usable, else a new one from Veriff in the region of the
     /// verification's first session. Commits `tx`, which holds the verification's lock.
     pub(super) async fn issue_session(
@@ -191,7 +212,7 @@ impl super::Registration {
     }
 
     /// The current session's answer, when it may be handed out again.
-    fn reusable(&self, session: CurrentSession) -> Option<SessionAnswer> {
+    pub(super) fn reusable(&self, session: CurrentSession) -> Option<SessionAnswer> {
         let usable = session.status.is_usable_status();
         let expires_at = session.expires_at?;
         if !usable || expires_at - Utc::now() <= REUSE_MARGIN {

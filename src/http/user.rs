@@ -31,6 +31,19 @@ pub async fn verification(
     let api = &state.registration;
     let user = api.bearer.user(req.headers())?;
     api.limiter.check_user(&user, Limit::Session)?;
+    // Most calls come back for a session that is still usable: answered without a lock.
+    {
+        let db = api.pool.get().await?;
+        if let (Some(id), status) = reg::user_status(&db, &user).await?
+            && status.retry != Retry::Blocked
+            && let Some(answer) = reg::current_session(&db, id)
+                .await?
+                .and_then(|s| api.reusable(s))
+        {
+            return Ok(HttpResponse::Ok().json(answer));
+        }
+    }
+    let _slot = api.creation_slot().await?;
     let mut db = api.pool.get().await?;
     let tx = db.transaction().await?;
     let id = reg::verification_of_user(&tx, &user).await?;

@@ -894,6 +894,56 @@ async fn veriff_hanging_is_500_provider_unavailable_after_the_timeout() {
     assert!(!app.session(&client.key, onboarding).await.reused);
 }
 
+/// A hanging Veriff holds at most half of the pool: 32 session requests waiting on it while
+/// status polls (each for an onboarding not read before, so each a database read) keep being
+/// answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_veriff_does_not_take_the_status_endpoints_down() {
+    let (eu, app) = start(&["--veriff-timeout", "8s", "--client-rate-limit", "0"]).await;
+    eu.set_mode(Mode::Hang);
+    let client = app.seed_client(false).await;
+    let mut creating = Vec::new();
+    for _ in 0..32 {
+        creating.push(app.seed_ready_onboarding(&client).await);
+    }
+    let mut polled = Vec::new();
+    for _ in 0..40 {
+        polled.push(app.seed_ready_onboarding(&client).await);
+    }
+    let creations = join_all(creating.iter().map(|o| app.register(&client.key, *o)));
+    let polls = async {
+        // Once the creations hold what they can.
+        eventually(
+            Duration::from_secs(5),
+            "creations waiting on Veriff",
+            || async { (eu.session_requests().len() >= 8).then_some(()) },
+        )
+        .await;
+        let mut slowest = Duration::ZERO;
+        for onboarding in &polled {
+            let started = Instant::now();
+            let response = app
+                .status_request(&client.key, *onboarding)
+                .send()
+                .await
+                .expect("status answers");
+            assert_eq!(response.status(), 200);
+            slowest = slowest.max(started.elapsed());
+        }
+        slowest
+    };
+    let (answers, slowest) = tokio::join!(creations, polls);
+    assert!(slowest < Duration::from_secs(1), "a poll took {slowest:?}");
+    for answer in answers {
+        assert_eq!(problem(answer, 500).await, "PROVIDER_UNAVAILABLE");
+    }
+    assert!(
+        eu.session_requests().len() <= 8,
+        "at most half the pool waited on Veriff: {}",
+        eu.session_requests().len()
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Session URLs are stored only encrypted
 // ---------------------------------------------------------------------------------------

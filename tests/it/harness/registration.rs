@@ -108,12 +108,10 @@ pub async fn session_answer(response: reqwest::Response) -> SessionAnswer {
 impl TestApp {
     /// HTTP and the worker with Veriff's station API at `eu` (and `us`), answered within 2 s.
     pub async fn run_with_veriff(eu: &FakeVeriff, us: Option<&FakeVeriff>, extra: &[&str]) -> Self {
-        let mut args = vec![
-            "--veriff-base-url",
-            eu.base_url.as_str(),
-            "--veriff-timeout",
-            "2s",
-        ];
+        let mut args = vec!["--veriff-base-url", eu.base_url.as_str()];
+        if !extra.contains(&"--veriff-timeout") {
+            args.extend(["--veriff-timeout", "2s"]);
+        }
         if let Some(us) = us {
             args.extend(["--veriff-us-base-url", us.base_url.as_str()]);
         }
