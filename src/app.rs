@@ -46,6 +46,8 @@ pub struct Service {
     http_addr: Option<SocketAddr>,
     ops_addr: Option<SocketAddr>,
     servers: Vec<ServerHandle>,
+    /// Cancelled first on a stop: what waits for something that may never come answers now.
+    draining: CancellationToken,
     stop: CancellationToken,
     broker: Broker,
     tasks: JoinSet<(&'static str, Result<(), BoxError>)>,
@@ -80,6 +82,7 @@ impl Service {
                 .map(TcpListener::local_addr)
                 .transpose()?,
             servers: Vec::new(),
+            draining: CancellationToken::new(),
             stop,
             broker: broker.clone(),
             tasks: JoinSet::new(),
@@ -173,6 +176,7 @@ impl Service {
                         status: Arc::clone(&views.status),
                         bearer: BearerAuth::new(config.jwt()?)?,
                         creations: tokio::sync::Semaphore::new(SESSION_CREATIONS),
+                        draining: service.draining.clone(),
                     };
                     let spool = Spool::new(
                         registration.pool.clone(),
@@ -250,6 +254,7 @@ impl Service {
 
     /// Stops accepting work, lets in-flight work finish, and waits for every task.
     pub async fn shutdown(mut self) {
+        self.draining.cancel();
         for server in std::mem::take(&mut self.servers) {
             server.stop(true).await;
         }

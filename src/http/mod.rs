@@ -70,6 +70,8 @@ pub struct Registration {
     pub bearer: BearerAuth,
     /// Session creations allowed at once: fewer than the pool's connections.
     pub creations: tokio::sync::Semaphore,
+    /// Cancelled when the process starts to stop: long-polling requests answer at once.
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 /// What this process keeps in memory and the database's change notifications invalidate.

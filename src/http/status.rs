@@ -175,11 +175,17 @@ where
     };
     let deadline = tokio::time::Instant::now() + wait;
     let _waiting = Waiting::start(&state.metrics.status_waiters);
+    let draining = &state.registration.draining;
     loop {
         let _ = watch.changes.borrow_and_update();
-        match tokio::time::timeout_at(deadline, watch.changes.changed()).await {
-            Ok(Ok(())) => {}
-            Err(_) | Ok(Err(_)) => return Ok(not_modified(&answer.etag)),
+        tokio::select! {
+            changed = tokio::time::timeout_at(deadline, watch.changes.changed()) => {
+                if !matches!(changed, Ok(Ok(()))) {
+                    return Ok(not_modified(&answer.etag));
+                }
+            }
+            // A stopping process answers its waiters now rather than hold up the drain.
+            () = draining.cancelled() => return Ok(not_modified(&answer.etag)),
         }
         answer = current().await?;
         if !visible(&answer) {

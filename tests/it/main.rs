@@ -10,6 +10,7 @@ mod oncall;
 mod ops;
 mod reconciliation;
 mod registration;
+mod status_herd;
 mod url_secrecy;
 mod user_verification;
 mod worker;
