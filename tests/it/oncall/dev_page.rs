@@ -27,8 +27,19 @@ fn on_path(name: &str) -> Option<PathBuf> {
     })
 }
 
-/// Says on the real stderr (not captured by the test runner) why the test did not run.
+/// Set by `.ci/run`: there the browser must run, and a missing one fails the test.
+const REQUIRED: &str = "KYC_REQUIRE_BROWSER";
+/// Set by `.ci/run` too: a file the test writes once it has really run, which `.ci/run`
+/// checks, so that CI proves the browser test ran rather than passed by skipping.
+const RAN_MARKER: &str = "KYC_BROWSER_TEST_MARKER";
+
+/// Says on the real stderr (not captured by the test runner) why the test did not run; in
+/// CI, where the browser is required, fails instead.
 fn skip(why: &str) {
+    assert!(
+        std::env::var_os(REQUIRED).is_none(),
+        "{REQUIRED} is set but the browser test cannot run: {why}"
+    );
     let _ = writeln!(
         std::io::stderr(),
         "SKIPPED oncall::dev_page: {why}; install Debian's packages with \
@@ -297,4 +308,7 @@ async fn a_person_approves_on_the_dev_page_and_the_verification_becomes_verified
         .expect("the onboarding's verification");
     // session_created, started, submitted, approved.
     app.wait_inputs(v, 4).await;
+    if let Some(marker) = std::env::var_os(RAN_MARKER) {
+        std::fs::write(marker, "the browser test ran\n").expect("the marker is written");
+    }
 }
