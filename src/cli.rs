@@ -77,6 +77,7 @@ pub enum Command {
 
 pub async fn run(cli: Cli) -> Result<(), BoxError> {
     let Cli { config, command } = cli;
+    let config = config.normalized()?;
     let service = matches!(command, Command::Run | Command::Serve | Command::Worker);
     telemetry::init(config.log_format, if service { "info" } else { "warn" });
     if config.dev {

@@ -250,7 +250,71 @@ pub enum ConfigError {
     NotLoopback(&'static str),
 }
 
+/// The placeholder of deploy/k8s/secret.example.yaml: a value still holding it was never set.
+const PLACEHOLDER: &str = "REPLACE_ME";
+
 impl Config {
+    /// The configuration as the roles read it: an optional setting given as an empty string
+    /// (as a ConfigMap or a compose file often gives it) counts as not set, and a secret
+    /// still holding the template's placeholder stops start-up, naming its variable.
+    pub fn normalized(mut self) -> Result<Self, ConfigError> {
+        fn text(value: &mut Option<String>) {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                *value = None;
+            }
+        }
+        fn secret(value: &mut Option<SecretString>, name: &'static str) -> Result<(), ConfigError> {
+            let exposed = value.as_ref().map(|v| v.expose_secret().trim().to_owned());
+            match exposed.as_deref() {
+                Some("") => *value = None,
+                Some(v) if v.contains(PLACEHOLDER) => {
+                    return Err(ConfigError::Malformed(
+                        name,
+                        "still the template's REPLACE_ME",
+                    ));
+                }
+                _ => {}
+            }
+            Ok(())
+        }
+        secret(&mut self.veriff_api_key, "KYC_VERIFF_API_KEY")?;
+        secret(&mut self.veriff_shared_secrets, "KYC_VERIFF_SHARED_SECRETS")?;
+        secret(&mut self.veriff_us_api_key, "KYC_VERIFF_US_API_KEY")?;
+        secret(
+            &mut self.veriff_us_shared_secrets,
+            "KYC_VERIFF_US_SHARED_SECRETS",
+        )?;
+        secret(&mut self.jwt_secret, "KYC_JWT_SECRET")?;
+        secret(&mut self.url_encryption_key, "KYC_URL_ENCRYPTION_KEY")?;
+        secret(
+            &mut self.archive_encryption_key,
+            "KYC_ARCHIVE_ENCRYPTION_KEY",
+        )?;
+        text(&mut self.veriff_us_base_url);
+        text(&mut self.jwt_issuer);
+        text(&mut self.jwt_audience);
+        text(&mut self.veriff_callback_url);
+        if self
+            .jwt_public_key_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            self.jwt_public_key_file = None;
+        }
+        for (name, value) in [
+            ("KYC_VERIFF_CALLBACK_URL", &self.veriff_callback_url),
+            ("KYC_JWT_AUDIENCE", &self.jwt_audience),
+        ] {
+            if value.as_deref().is_some_and(|v| v.contains(PLACEHOLDER)) {
+                return Err(ConfigError::Malformed(
+                    name,
+                    "still the template's REPLACE_ME",
+                ));
+            }
+        }
+        Ok(self)
+    }
+
     /// The exchange and queue names under this deployment's prefix, with its retry tiers.
     pub fn topology(&self) -> Topology {
         Topology::new(self.queue_prefix.clone(), self.retry_delays.0.clone())
@@ -678,6 +742,42 @@ mod tests {
         assert!(http_is_loopback("http://[::1]:8080/x"));
         assert!(!http_is_loopback("not a url"));
         assert!(!http_is_loopback("http://localhost.example.com/"));
+    }
+
+    #[test]
+    fn empty_optional_settings_are_unset_and_placeholders_refused() {
+        let config = parsed(&[
+            "--veriff-us-api-key",
+            "",
+            "--veriff-us-shared-secrets",
+            " ",
+            "--jwt-issuer",
+            "",
+        ])
+        .normalized()
+        .expect("empty values are fine");
+        assert!(config.veriff_us_api_key.is_none() && config.veriff_us_shared_secrets.is_none());
+        assert!(config.jwt_issuer.is_none());
+        assert!(
+            parsed(&["--dev"])
+                .normalized()
+                .expect("dev")
+                .integrations()
+                .is_ok()
+        );
+        for (flag, name) in [
+            ("--veriff-shared-secrets", "KYC_VERIFF_SHARED_SECRETS"),
+            ("--jwt-secret", "KYC_JWT_SECRET"),
+            ("--veriff-callback-url", "KYC_VERIFF_CALLBACK_URL"),
+        ] {
+            assert!(
+                matches!(
+                    parsed(&[flag, "REPLACE_ME"]).normalized(),
+                    Err(ConfigError::Malformed(n, _)) if n == name
+                ),
+                "{flag}"
+            );
+        }
     }
 
     #[test]
