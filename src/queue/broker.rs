@@ -2,14 +2,18 @@
 //! addresses (the nodes of a cluster, tried in turn). A supervisor task connects, declares the
 //! topology and keeps the link; when the connection fails it starts over with backoff.
 //!
-//! Publishing uses a pool of confirm-mode channels, each carrying **one publish at a time**.
-//! lapin hands a `basic.return` to whichever confirm of the channel completes next (and walks
-//! RabbitMQ's multiple-acks in hash-map order), so with several publishes in flight on one
-//! channel an unroutable message can be reported as confirmed and a routable one as returned.
-//! With one in flight per channel the return and the confirm are always the same publish's;
-//! a per-publish id in the headers checks it.
+//! Publishing goes through a few lanes, each owning a confirm-mode channel. lapin hands a
+//! `basic.return` to whichever confirm of the channel completes next (and walks RabbitMQ's
+//! multiple-acks in hash-map order), so the confirm a publish gets does not say whether *it*
+//! was returned. A lane therefore publishes a batch (whatever is waiting), then waits for every
+//! confirm of the batch before it publishes again: every return of the batch has then come
+//! back, attached to some confirm of the same batch, and each carries the per-publish id of
+//! the message it is. A publish is confirmed when its confirm is an ack and its id is not
+//! among the batch's returns. The batches keep RabbitMQ's confirms grouped, so this costs no
+//! throughput against a channel shared by every publish.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex as StdMutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -17,7 +21,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::tcp::OwnedTLSConfig;
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, Event};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::message::{HEADER_PUBLISH_ID, header_str};
@@ -25,8 +29,12 @@ use super::{Envelope, Topology};
 use crate::backoff::Backoff;
 use crate::error::chain;
 
-/// Publishes in flight at once per process: one channel each.
-const PUBLISH_CHANNELS: usize = 128;
+/// Lanes (channels) publishing at once per connection.
+const LANES: usize = 8;
+/// Most publishes in one lane's batch.
+const BATCH_MAX: usize = 64;
+/// A batch whose confirms have not all come within this is given up with its channel.
+const BATCH_DEADLINE: Duration = Duration::from_secs(30);
 /// How long one broker address may take to accept a connection before the next is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Heartbeat asked for when the URL sets none: a dead link is noticed within two of them.
@@ -51,7 +59,13 @@ pub enum PublishError {
 #[derive(Clone)]
 struct Link {
     connection: Arc<Connection>,
-    channels: Arc<ChannelPool>,
+    publishes: mpsc::Sender<Publish>,
+}
+
+/// One publish, waiting for its lane.
+struct Publish {
+    envelope: Envelope,
+    done: oneshot::Sender<Result<(), PublishError>>,
 }
 
 /// One broker address, with the TLS settings its URL asks for.
@@ -71,7 +85,7 @@ struct Inner {
     redeclare: Notify,
     stop: CancellationToken,
     /// The supervisor, awaited by `close` so that the connection is closed cleanly.
-    supervisor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    supervisor: StdMutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// A cheap handle to the shared connection.
@@ -109,7 +123,7 @@ impl Broker {
             connected,
             redeclare: Notify::new(),
             stop,
-            supervisor: Mutex::new(None),
+            supervisor: StdMutex::new(None),
         });
         let supervisor = tokio::spawn(supervise(Arc::clone(&inner)));
         *inner
@@ -164,8 +178,8 @@ impl Broker {
     }
 
     /// Publishes persistently with `mandatory`, and returns once the broker confirmed it, with
-    /// the time the confirm took. A timeout gives up this publish's channel only: the
-    /// connection, which consumers share, stays.
+    /// the time the confirm took. A timeout gives up waiting only: neither the connection,
+    /// which consumers share, nor the lane is torn down for it.
     pub async fn publish(
         &self,
         envelope: &Envelope,
@@ -173,17 +187,26 @@ impl Broker {
     ) -> Result<Duration, PublishError> {
         let link = self.current().ok_or(PublishError::NotConnected)?;
         let started = Instant::now();
+        let (done, outcome) = oneshot::channel();
+        let publish = Publish {
+            envelope: envelope.clone(),
+            done,
+        };
         let outcome = tokio::time::timeout(timeout, async {
-            let mut lease = link.channels.lease().await?;
-            let outcome = publish_on(&lease.channel, envelope).await;
-            if matches!(outcome, Ok(()) | Err(PublishError::Unroutable)) {
-                lease.keep();
-            }
-            outcome
+            link.publishes
+                .send(publish)
+                .await
+                .map_err(|_| PublishError::NotConnected)?;
+            outcome.await.unwrap_or(Err(PublishError::NotConnected))
         })
         .await
         .unwrap_or(Err(PublishError::Timeout));
-        if matches!(outcome, Err(PublishError::Unroutable)) {
+        // Unroutable: a queue is gone; a channel error: perhaps the exchange. Either way the
+        // topology is declared again, so that the next attempt can be routed.
+        if matches!(
+            outcome,
+            Err(PublishError::Unroutable | PublishError::Amqp(_))
+        ) {
             self.inner.redeclare.notify_one();
         }
         outcome.map(|()| started.elapsed())
@@ -233,119 +256,129 @@ fn parse_uri(url: &str) -> Result<Node, BadUrl> {
     })
 }
 
-async fn publish_on(channel: &Channel, envelope: &Envelope) -> Result<(), PublishError> {
-    let publish_id = uuid::Uuid::new_v4().simple().to_string();
-    let confirm = channel
-        .basic_publish(
-            envelope.exchange.as_str().into(),
-            envelope.routing_key.as_str().into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            &envelope.body,
-            envelope.properties(&publish_id),
-        )
-        .await?
+/// A lane: one confirm channel, publishing whatever waits, one batch at a time, until the
+/// connection fails or the channel is given up (then the supervisor's connection ends).
+async fn lane(connection: Arc<Connection>, queue: Arc<Mutex<mpsc::Receiver<Publish>>>) {
+    loop {
+        let channel = match open_lane_channel(&connection).await {
+            Ok(channel) => channel,
+            Err(error) => {
+                tracing::warn!(error = %chain(&error), "cannot open a publishing channel");
+                return;
+            }
+        };
+        loop {
+            let batch = {
+                let mut queue = queue.lock().await;
+                let Some(first) = queue.recv().await else {
+                    let _ = channel.close(200, "closing".into()).await;
+                    return;
+                };
+                let mut batch = vec![first];
+                while batch.len() < BATCH_MAX {
+                    match queue.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                batch
+            };
+            if !publish_batch(&channel, batch).await {
+                // Confirms may still be outstanding on it: a fresh channel for the next batch.
+                let _ = channel.close(200, "batch abandoned".into()).await;
+                break;
+            }
+        }
+    }
+}
+
+async fn open_lane_channel(connection: &Connection) -> lapin::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    match confirm {
-        Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(returned)) => {
-            let ours = returned
-                .delivery
+    Ok(channel)
+}
+
+/// Publishes a batch and settles each publish once every confirm of the batch is in. Returns
+/// whether the channel can take the next batch.
+async fn publish_batch(channel: &Channel, batch: Vec<Publish>) -> bool {
+    let mut pending = Vec::with_capacity(batch.len());
+    let mut healthy = true;
+    for publish in batch {
+        if !healthy {
+            let _ = publish.done.send(Err(PublishError::NotConnected));
+            continue;
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let envelope = &publish.envelope;
+        let sent = channel
+            .basic_publish(
+                envelope.exchange.as_str().into(),
+                envelope.routing_key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &envelope.body,
+                envelope.properties(&id),
+            )
+            .await;
+        match sent {
+            Ok(confirm) => pending.push((publish, id, confirm)),
+            Err(error) => {
+                healthy = false;
+                let _ = publish.done.send(Err(error.into()));
+            }
+        }
+    }
+    let (settles, confirms): (Vec<_>, Vec<_>) = pending
+        .into_iter()
+        .map(|(publish, id, confirm)| ((publish, id), confirm))
+        .unzip();
+    let confirmed =
+        tokio::time::timeout(BATCH_DEADLINE, futures_util::future::join_all(confirms)).await;
+    let Ok(confirmed) = confirmed else {
+        for (publish, _) in settles {
+            let _ = publish.done.send(Err(PublishError::Timeout));
+        }
+        return false;
+    };
+    // Every return of the batch, whichever confirm lapin attached it to.
+    let returned: HashSet<&str> = confirmed
+        .iter()
+        .filter_map(|c| match c {
+            Ok(Confirmation::Ack(Some(r)) | Confirmation::Nack(Some(r))) => Some(r),
+            _ => None,
+        })
+        .filter_map(|r| {
+            r.delivery
                 .properties
                 .headers()
                 .as_ref()
                 .and_then(|h| header_str(h, HEADER_PUBLISH_ID))
-                == Some(publish_id.as_str());
-            if !ours {
-                // Cannot happen with one publish in flight per channel; if it does, this
-                // publish is not known to be routed, so it is not reported as confirmed.
-                tracing::error!("the broker returned another publish's message on this channel");
+        })
+        .collect();
+    for ((publish, id), confirm) in settles.into_iter().zip(&confirmed) {
+        let outcome = match confirm {
+            Ok(Confirmation::Ack(_)) if returned.contains(id.as_str()) => {
+                Err(PublishError::Unroutable)
             }
-            Err(PublishError::Unroutable)
-        }
-        Confirmation::Nack(_) => Err(PublishError::Nacked),
-        // The channel is always in confirm mode; anything else means it was replaced.
-        Confirmation::NotRequested => Err(PublishError::NotConnected),
-    }
-}
-
-/// Confirm-mode channels on one connection, each lent to one publish at a time.
-struct ChannelPool {
-    connection: Arc<Connection>,
-    idle: Mutex<Vec<Channel>>,
-    permits: Arc<Semaphore>,
-}
-
-/// A channel lent to one publish. Unless kept, it is closed when the lease ends (a timed
-/// out or failed publish may still have its confirm outstanding on it).
-struct Lease<'a> {
-    pool: &'a ChannelPool,
-    channel: Channel,
-    keep: bool,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl ChannelPool {
-    fn new(connection: Arc<Connection>) -> Self {
-        Self {
-            connection,
-            idle: Mutex::new(Vec::new()),
-            permits: Arc::new(Semaphore::new(PUBLISH_CHANNELS)),
-        }
-    }
-
-    async fn lease(&self) -> Result<Lease<'_>, PublishError> {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| PublishError::NotConnected)?;
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop();
-        let channel = match idle {
-            Some(channel) if channel.status().connected() => channel,
-            _ => {
-                let channel = self.connection.create_channel().await?;
-                channel
-                    .confirm_select(ConfirmSelectOptions::default())
-                    .await?;
-                channel
+            Ok(Confirmation::Ack(_)) => Ok(()),
+            Ok(Confirmation::Nack(_)) => Err(PublishError::Nacked),
+            // The channel is always in confirm mode; anything else means it was replaced.
+            Ok(Confirmation::NotRequested) => {
+                healthy = false;
+                Err(PublishError::NotConnected)
+            }
+            Err(error) => {
+                healthy = false;
+                Err(PublishError::Amqp(error.clone()))
             }
         };
-        Ok(Lease {
-            pool: self,
-            channel,
-            keep: false,
-            _permit: permit,
-        })
+        let _ = publish.done.send(outcome);
     }
-}
-
-impl Lease<'_> {
-    fn keep(&mut self) {
-        self.keep = true;
-    }
-}
-
-impl Drop for Lease<'_> {
-    fn drop(&mut self) {
-        if self.keep && self.channel.status().connected() {
-            self.pool
-                .idle
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(self.channel.clone());
-        } else {
-            let channel = self.channel.clone();
-            tokio::spawn(async move {
-                let _ = channel.close(200, "publish abandoned".into()).await;
-            });
-        }
-    }
+    healthy
 }
 
 async fn supervise(inner: Arc<Inner>) {
@@ -369,12 +402,17 @@ async fn supervise(inner: Arc<Inner>) {
         backoff.reset();
         let connection = Arc::new(connection);
         let mut events = connection.events_listener();
+        let (publishes, queue) = mpsc::channel(LANES * BATCH_MAX);
+        let queue = Arc::new(tokio::sync::Mutex::new(queue));
+        let lanes: Vec<_> = (0..LANES)
+            .map(|_| tokio::spawn(lane(Arc::clone(&connection), Arc::clone(&queue))))
+            .collect();
         *inner
             .link
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Link {
             connection: Arc::clone(&connection),
-            channels: Arc::new(ChannelPool::new(Arc::clone(&connection))),
+            publishes,
         });
         inner.connected.send_replace(generation);
         tracing::info!(generation, node = index + 1, "connected to the broker");
@@ -411,6 +449,11 @@ async fn supervise(inner: Arc<Inner>) {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         inner.connected.send_replace(0);
+        // The lanes end once their queue is closed (the link, its only sender, is gone) and
+        // the publishes queued in it are answered.
+        for lane in lanes {
+            let _ = tokio::time::timeout(BATCH_DEADLINE, lane).await;
+        }
         let _ = connection.close(200, "closing".into()).await;
     }
 }

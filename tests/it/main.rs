@@ -8,6 +8,7 @@ mod ingest;
 mod migrate;
 mod oncall;
 mod ops;
+mod publisher;
 mod reconciliation;
 mod registration;
 mod status_herd;
