@@ -2,6 +2,7 @@
 //! with its own database and queue prefix. One binary, so the crate is linked once.
 
 mod clients_cli;
+mod deploy;
 mod harness;
 mod ingest;
 mod migrate;
