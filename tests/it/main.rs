@@ -10,6 +10,7 @@ mod oncall;
 mod ops;
 mod reconciliation;
 mod registration;
+mod replicas;
 mod url_secrecy;
 mod user_verification;
 mod worker;
