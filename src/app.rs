@@ -152,6 +152,9 @@ impl Service {
             let running = http::ops_server(Arc::clone(&ops), listener, limits(true))?;
             service.servers.push(running.handle());
             service.supervise("ops server", async move { Ok(running.await?) });
+            if let Some(addr) = service.ops_addr {
+                tracing::info!(%addr, role = name, "serving the operational endpoints");
+            }
         }
         if let Some(listener) = roles.http {
             let running = match api_pool {

@@ -22,6 +22,20 @@ const DEV_JWT_SECRET: &str = "dev-jwt-secret";
 const DEV_JWT_AUDIENCE: &str = "kyc-dev";
 const VERIFF_BASE_URL: &str = "https://stationapi.veriff.com";
 
+/// The settings `kyc serve` and `kyc run` refuse to start without outside `--dev` (`kyc
+/// worker` needs the Veriff key and secrets and the archive key of them, `kyc migrate` none).
+/// Each entry is a set of alternatives, one of which must be set. Deployment files are checked
+/// against this list, and the tests below check it against the code that refuses to start.
+pub const REQUIRED_OUTSIDE_DEV: &[&[&str]] = &[
+    &["KYC_VERIFF_API_KEY"],
+    &["KYC_VERIFF_SHARED_SECRETS"],
+    &["KYC_VERIFF_CALLBACK_URL"],
+    &["KYC_URL_ENCRYPTION_KEY"],
+    &["KYC_ARCHIVE_ENCRYPTION_KEY"],
+    &["KYC_JWT_SECRET", "KYC_JWT_PUBLIC_KEY_FILE"],
+    &["KYC_JWT_AUDIENCE"],
+];
+
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Development mode: public development secrets, a local Veriff stand-in, loopback only.
@@ -615,11 +629,6 @@ mod tests {
     }
 
     fn parsed(args: &[&str]) -> Config {
-        #[derive(clap::Parser)]
-        struct Only {
-            #[command(flatten)]
-            config: Config,
-        }
         let mut all = vec!["kyc"];
         all.extend_from_slice(args);
         <Only as clap::Parser>::try_parse_from(all)
@@ -722,6 +731,79 @@ mod tests {
             no_audience.jwt().map(|_| ()),
             Err(ConfigError::Missing("KYC_JWT_AUDIENCE"))
         ));
+    }
+
+    /// Every check `kyc serve` makes of its secrets at start, as `Service::start` makes them.
+    fn serve_would_start(config: &Config) -> Result<(), ConfigError> {
+        config.integrations()?;
+        config.archive_cipher()?;
+        config.url_cipher()?;
+        config.jwt()?;
+        config.callback_url("127.0.0.1:8080".parse().expect("an address"))?;
+        Ok(())
+    }
+
+    /// Flags that set `variables` (each to a valid value), found through clap's own `env`.
+    fn flags_setting(variables: &[&str]) -> Vec<String> {
+        let command = <Only as clap::CommandFactory>::command();
+        let mut flags = Vec::new();
+        for variable in variables {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_env().is_some_and(|e| e == *variable))
+                .unwrap_or_else(|| panic!("{variable} is a setting"));
+            let value = match *variable {
+                "KYC_URL_ENCRYPTION_KEY" | "KYC_ARCHIVE_ENCRYPTION_KEY" => {
+                    "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+                }
+                "KYC_JWT_PUBLIC_KEY_FILE" => concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+                "KYC_VERIFF_CALLBACK_URL" => "https://app.example/verified",
+                _ => "value",
+            };
+            flags.push(format!("--{}", arg.get_long().expect("a long flag")));
+            flags.push(value.to_owned());
+        }
+        flags
+    }
+
+    #[derive(clap::Parser)]
+    struct Only {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn parsed_owned(flags: &[String]) -> Config {
+        let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+        parsed(&args)
+    }
+
+    #[test]
+    fn required_outside_dev_is_what_start_up_refuses_without() {
+        // Each alternative of each entry, with one alternative of every other entry: enough.
+        for (i, entry) in REQUIRED_OUTSIDE_DEV.iter().enumerate() {
+            for alternative in *entry {
+                let mut set: Vec<&str> = REQUIRED_OUTSIDE_DEV.iter().map(|e| e[0]).collect();
+                set[i] = alternative;
+                let config = parsed_owned(&flags_setting(&set));
+                assert_eq!(serve_would_start(&config), Ok(()), "with {set:?}");
+            }
+            // Without any alternative of this entry, start-up fails naming each of them.
+            let others: Vec<&str> = REQUIRED_OUTSIDE_DEV
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, e)| e[0])
+                .collect();
+            let refused = serve_would_start(&parsed_owned(&flags_setting(&others)));
+            match refused {
+                Err(ConfigError::Missing(named)) => {
+                    for alternative in *entry {
+                        assert!(named.contains(alternative), "{named} names {alternative}");
+                    }
+                }
+                other => panic!("without {entry:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

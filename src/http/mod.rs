@@ -45,6 +45,9 @@ const HEAD_DEADLINE: Duration = Duration::from_secs(5);
 /// The whole body must arrive within this after the head: a slow sender cannot hold a
 /// connection (and its memory) for longer.
 const BODY_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a stopping server lets the requests it accepted finish (the orchestrator's grace
+/// period must be longer).
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct AppState {
     pub integrations: Integrations,
@@ -192,7 +195,7 @@ where
     .client_request_timeout(HEAD_DEADLINE)
     // Signals are the service's to handle, so that every role stops together.
     .disable_signals()
-    .shutdown_timeout(10)
+    .shutdown_timeout(SHUTDOWN_TIMEOUT.as_secs())
     .run();
     Ok(server)
 }

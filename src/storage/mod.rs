@@ -113,6 +113,17 @@ pub struct Database {
 }
 
 impl Database {
+    /// Whether `url` is one kyc can use, without reading the files it names (a root
+    /// certificate mounted only where kyc runs): what a check of a manifest can know.
+    pub fn check_url(url: &str) -> Result<(), StorageError> {
+        let (url, mode, _) = take_tls_options(url)?;
+        tokio_postgres::Config::from_str(&url).map_err(StorageError::BadUrl)?;
+        match mode.as_deref() {
+            None | Some("disable" | "prefer" | "require" | "verify-ca" | "verify-full") => Ok(()),
+            Some(other) => Err(StorageError::BadSslMode(other.to_owned())),
+        }
+    }
+
     pub fn from_url(url: &str) -> Result<Self, StorageError> {
         let (url, mode, root) = take_tls_options(url)?;
         let mut config = tokio_postgres::Config::from_str(&url).map_err(StorageError::BadUrl)?;

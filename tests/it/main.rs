@@ -3,6 +3,7 @@
 
 mod clients_cli;
 mod database_tls;
+mod deploy;
 mod harness;
 mod ingest;
 mod migrate;
@@ -11,6 +12,7 @@ mod ops;
 mod publisher;
 mod reconciliation;
 mod registration;
+mod replicas;
 mod status_herd;
 mod url_secrecy;
 mod user_verification;

@@ -151,3 +151,23 @@ pub async fn delete_topology(topology: &Topology) {
         .await;
     let _ = connection.close(200, "test done".into()).await;
 }
+
+/// Deletes a deployment's queues and exchange when dropped, after a failure too. Drop it
+/// after the processes that use them, or they declare them again.
+pub struct DeleteOnDrop(pub Topology);
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        let topology = self.0.clone();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(delete_topology(&topology));
+        });
+        let _ = cleanup.join();
+    }
+}

@@ -8,6 +8,7 @@ pub mod process;
 pub mod proxy;
 pub mod registration;
 pub mod seed;
+pub mod spawned;
 
 use std::future::Future;
 use std::net::TcpListener;

@@ -125,6 +125,40 @@ impl DeadLetter {
     }
 }
 
+/// Verifications with one session each (in order), created as the registration API does, in
+/// the database at `database_url`: for tests whose kyc runs as separate processes.
+pub async fn verifications_with_sessions(
+    database_url: &str,
+    policy: &kyc::state_machine::Policy,
+    sessions: &[String],
+) -> Vec<Uuid> {
+    let pool = kyc::storage::pool(database_url, 1).expect("pool");
+    let mut client = pool.get().await.expect("connection");
+    let mut ids = Vec::with_capacity(sessions.len());
+    for session_id in sessions {
+        let tx = client.transaction().await.expect("tx");
+        let id = Uuid::new_v4();
+        let user = format!("user-{}", id.simple());
+        tx.execute(
+            "INSERT INTO verifications (id, user_id, region, state, retry)
+             VALUES ($1, $2, 'EU', 'UNVERIFIED', 'NONE')",
+            &[&id, &user],
+        )
+        .await
+        .expect("create");
+        let locked = store::lock(&tx, id).await.expect("lock").expect("exists");
+        store::record_session(&tx, &locked, session_id, "api", None, None)
+            .await
+            .expect("session");
+        store::recompute(&tx, &locked, policy)
+            .await
+            .expect("recompute");
+        tx.commit().await.expect("commit");
+        ids.push(id);
+    }
+    ids
+}
+
 impl TestApp {
     /// A verification with one session, created as the registration API does.
     pub async fn seed_verification(&self, region: Integration, session_id: &str) -> Uuid {
