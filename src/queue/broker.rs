@@ -323,6 +323,19 @@ impl ChannelPool {
             _permit: permit,
         })
     }
+
+    /// Closes the channels no publish holds, and waits until each is closed.
+    async fn close_idle(&self) {
+        let idle = std::mem::take(
+            &mut *self
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for channel in idle {
+            let _ = channel.close(200, "closing".into()).await;
+        }
+    }
 }
 
 impl Lease<'_> {
@@ -406,11 +419,17 @@ async fn supervise(inner: Arc<Inner>) {
             () = redeclare => {}
             () = inner.stop.cancelled() => {}
         }
-        *inner
+        let link = inner
             .link
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         inner.connected.send_replace(0);
+        // Idle publish channels are closed first: one whose last handle is dropped while the
+        // connection closes has lapin close it too late and log an ERROR about it.
+        if let Some(link) = link {
+            link.channels.close_idle().await;
+        }
         let _ = connection.close(200, "closing".into()).await;
     }
 }
