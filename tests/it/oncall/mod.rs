@@ -1,9 +1,9 @@
 //! The on-call CLI (DESIGN.md section 9) as an operator runs it: the real `kyc` binary as a
 //! subprocess, configured through the environment like the deployment, against a test app
 //! (HTTP and worker) on its own database and queues. Dead letters of every reason (`kyc dlq`),
-//! replays of recorded inputs (`kyc replay`), recomputed rows (`kyc recompute`), signed test
-//! webhooks (`kyc trigger`), quiet output, and the `--dev` stand-in's page in a real headless
-//! browser.
+//! replays of recorded inputs (`kyc replay`), recomputed rows (`kyc recompute`), the
+//! verification timeline (`kyc verification show`), signed test webhooks (`kyc trigger`),
+//! quiet output, and the `--dev` stand-in's page in a real headless browser.
 
 mod dev_page;
 mod dlq;
@@ -11,6 +11,7 @@ mod quiet;
 mod recompute;
 mod replay;
 mod trigger;
+mod verification;
 
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
