@@ -2,12 +2,14 @@
 //! with its own database and queue prefix. One binary, so the crate is linked once.
 
 mod clients_cli;
+mod cross_session;
 mod database_tls;
 mod harness;
 mod ingest;
 mod migrate;
 mod oncall;
 mod ops;
+mod orphan_sessions;
 mod reconciliation;
 mod registration;
 mod status_herd;
