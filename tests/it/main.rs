@@ -4,6 +4,7 @@
 mod clients_cli;
 mod cross_session;
 mod database_tls;
+mod errors;
 mod harness;
 mod ingest;
 mod migrate;
