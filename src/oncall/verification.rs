@@ -74,7 +74,11 @@ pub async fn run(config: &Config, command: VerificationCommand) -> Result<(), Bo
         .unzip();
     let why = state_machine::explain(&history, &config.policy());
     let decided_by = why.decided_by.and_then(|i| positions.get(i)).copied();
-    let stale = why.row.state.as_str() != row.state || why.row.retry.as_str() != row.retry;
+    // Exactly when `kyc recompute` would change the row.
+    let stale = why.row.state.as_str() != row.state
+        || why.row.retry.as_str() != row.retry
+        || why.row.reason_code != row.reason_code
+        || why.row.reason != row.reason;
 
     if json {
         let document = serde_json::json!({
@@ -161,10 +165,11 @@ pub async fn run(config: &Config, command: VerificationCommand) -> Result<(), Bo
             input.source,
             super::short_time(input.received_at),
             super::short_time(Some(input.recorded_at)),
-            if input.body_kept {
-                "kept"
-            } else {
-                "past retention"
+            match (input.body_kept, input.kind.as_str()) {
+                (true, _) => "kept",
+                // A session's creation never had a body.
+                (false, "session_created") => "-",
+                (false, _) => "past retention",
             },
         );
     }

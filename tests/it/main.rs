@@ -2,13 +2,16 @@
 //! with its own database and queue prefix. One binary, so the crate is linked once.
 
 mod clients_cli;
+mod cross_session;
 mod database_tls;
 mod deploy;
+mod errors;
 mod harness;
 mod ingest;
 mod migrate;
 mod oncall;
 mod ops;
+mod orphan_sessions;
 mod publisher;
 mod reconciliation;
 mod registration;

@@ -1,7 +1,10 @@
 //! The real `kyc worker` binary as a child process, configured through the environment
 //! exactly as a deployment would be, so that a test can kill it with SIGKILL.
 
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use kyc::config::Config;
 
@@ -17,13 +20,24 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// Starts `kyc worker` on the deployment `config` describes (database, broker, prefix).
     pub fn spawn(config: &Config) -> Self {
+        Self::start(config, false).0
+    }
+
+    /// The same, logging JSON to stderr, which is collected into the returned [`Logs`].
+    pub fn spawn_logged(config: &Config) -> (Self, Logs) {
+        let (worker, logs) = Self::start(config, true);
+        (worker, logs.expect("stderr is captured"))
+    }
+
+    fn start(config: &Config, logged: bool) -> (Self, Option<Logs>) {
         let delays: Vec<String> = config
             .retry_delays
             .0
             .iter()
             .map(|d| format!("{}s", d.as_secs()))
             .collect();
-        let child = Command::new(env!("CARGO_BIN_EXE_kyc"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kyc"));
+        command
             .arg("worker")
             // Its operational endpoints on a port of its own, so workers can run side by side.
             .env("KYC_HTTP_ADDR", "127.0.0.1:0")
@@ -43,10 +57,12 @@ impl WorkerProcess {
             .env("KYC_WORKER_BATCH", config.worker_batch.to_string())
             .env("KYC_LOG_FORMAT", "pretty")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::null());
+        let mut child = Logs::log_json(&mut command, logged)
             .spawn()
             .expect("the kyc binary starts");
-        Self { child }
+        let logs = logged.then(|| Logs::capture(&mut child));
+        (Self { child }, logs)
     }
 
     /// SIGKILL: no shutdown path runs, whatever the process was doing.
@@ -128,20 +144,34 @@ pub struct ServeProcess {
 
 impl ServeProcess {
     pub fn start(config: &Config) -> Self {
+        Self::spawn(config, false).0
+    }
+
+    /// The same, logging JSON to stderr, which is collected into the returned [`Logs`].
+    pub fn start_logged(config: &Config) -> (Self, Logs) {
+        let (serve, logs) = Self::spawn(config, true);
+        (serve, logs.expect("stderr is captured"))
+    }
+
+    fn spawn(config: &Config, logged: bool) -> (Self, Option<Logs>) {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
-        let child = kyc_command(config)
+        let mut command = kyc_command(config);
+        command
             .arg("serve")
             .env("KYC_HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .stdout(Stdio::null())
+            .stdout(Stdio::null());
+        let mut child = Logs::log_json(&mut command, logged)
             .spawn()
             .expect("the kyc binary starts");
-        Self {
+        let logs = logged.then(|| Logs::capture(&mut child));
+        let serve = Self {
             child,
             base_url: format!("http://127.0.0.1:{port}"),
-        }
+        };
+        (serve, logs)
     }
 
     /// Waits until `base` answers /readyz with 200.
@@ -162,5 +192,58 @@ impl Drop for ServeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The log lines a child process writes to stderr with `KYC_LOG_FORMAT=json`, collected as
+/// they arrive (a line that is not JSON is kept as a string).
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<serde_json::Value>>>);
+
+impl Logs {
+    fn log_json(command: &mut Command, logged: bool) -> &mut Command {
+        if logged {
+            command
+                .env("KYC_LOG_FORMAT", "json")
+                .env("RUST_LOG", "info")
+                .stderr(Stdio::piped());
+        }
+        command
+    }
+
+    fn capture(child: &mut Child) -> Self {
+        let logs = Self::default();
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let lines = Arc::clone(&logs.0);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let value = serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
+                lines
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(value);
+            }
+        });
+        logs
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<serde_json::Value> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The first line for which `matches` holds, waiting up to 30 s for it.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        super::eventually(Duration::from_secs(30), what, || async {
+            self.lines().into_iter().find(|line| matches(line))
+        })
+        .await
     }
 }

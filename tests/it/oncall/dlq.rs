@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
@@ -574,7 +575,9 @@ async fn a_replay_killed_midway_loses_nothing_and_applies_each_once() {
             .filter(|l| l.replayed_at.is_some())
             .count()
     };
-    eventually(WAIT, "the replay to be under way", || async {
+    // A bound, not a pause: the command starts, connects and replays as fast as the
+    // machine lets it (slow when every test of the suite runs beside it).
+    eventually(Duration::from_secs(60), "the replay to be under way", || async {
         (marked_rows().await >= 20).then_some(())
     })
     .await;
@@ -754,44 +757,109 @@ async fn purge_needs_yes_and_deletes_by_id_or_by_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_shows_what_needs_action_and_all_shows_replayed_and_purged_letters() {
     let app = TestApp::run().await;
+    app.seed_verification(EU, "s-eu").await;
     app.send("decision", &unparseable(0)).await;
     app.send("decision", &unparseable(1)).await;
-    let first = wait_letters(&app, 2).await;
-    let (replayed, purged) = (first[0].id.to_string(), first[1].id.to_string());
+    app.send(
+        "decision",
+        &decision("s-eu", Some("a2"), "bewildered", &time(2), None),
+    )
+    .await;
+    let first = wait_letters(&app, 3).await;
+    let unparsed: Vec<&Letter> = first.iter().filter(|l| l.reason == "UNPARSEABLE").collect();
+    let (replayed, purged) = (unparsed[0].id.to_string(), unparsed[1].id.to_string());
+    let status = of_reason(&first, "UNKNOWN_STATUS").id.to_string();
 
     kyc(&app, &["dlq", "replay", "--id", &replayed]).await.ok();
     // Replayed, it fails again: a new life, so a new letter, not the old one again.
-    let after = wait_letters(&app, 3).await;
+    let after = wait_letters(&app, 4).await;
     let again = after
         .iter()
-        .find(|l| l.id != first[0].id && l.id != first[1].id)
+        .find(|l| first.iter().all(|f| f.id != l.id))
         .expect("the replayed letter dead-lettered again");
-    assert_eq!(again.message_id, first[0].message_id, "the same webhook");
+    assert_eq!(again.message_id, unparsed[0].message_id, "the same webhook");
+    let again = again.id.to_string();
     kyc(&app, &["dlq", "purge", "--id", &purged, "--yes"])
         .await
         .ok();
 
-    let ids = |listed: &[serde_json::Value]| -> Vec<String> {
+    let ids = |listed: &[serde_json::Value]| -> BTreeSet<String> {
         listed
             .iter()
             .map(|l| l["id"].as_str().expect("an id").to_owned())
             .collect()
     };
-    let open = list_json(&app, &[]).await;
-    assert_eq!(ids(&open), [again.id.to_string()], "only what needs action");
-    let table = list_table(&app, &[]).await;
-    assert_eq!(table.len(), 1, "{table:?}");
+    let set = |of: &[&String]| -> BTreeSet<String> { of.iter().map(|s| (*s).clone()).collect() };
 
+    // By default only what needs action: neither replayed nor purged.
+    let open = list_json(&app, &[]).await;
+    assert_eq!(
+        ids(&open),
+        set(&[&again, &status]),
+        "only what needs action"
+    );
+    assert!(
+        open.iter()
+            .all(|l| l["replayed_at"].is_null() && l["purged_at"].is_null()),
+        "{open:#?}"
+    );
+    let table = list_table(&app, &[]).await;
+    assert_eq!(table, open.iter().map(table_row).collect::<Vec<_>>());
+    let open_unparsed = list_json(&app, &["--reason", "UNPARSEABLE"]).await;
+    assert_eq!(
+        ids(&open_unparsed),
+        set(&[&again]),
+        "--reason: open ones only"
+    );
+
+    // --all: every letter, with its replay and purge times, in the table too.
     let all = list_json(&app, &["--all"]).await;
-    assert_eq!(all.len(), 3, "{all:#?}");
+    assert_eq!(
+        ids(&all),
+        set(&[&replayed, &purged, &again, &status]),
+        "{all:#?}"
+    );
     let by_id = |id: &str| {
         all.iter()
             .find(|l| l["id"] == id)
             .unwrap_or_else(|| panic!("{id} listed with --all"))
     };
-    assert!(by_id(&replayed)["replayed_at"].is_string());
+    let db = letters(&app).await;
+    let replayed_at = db
+        .iter()
+        .find(|l| l.id.to_string() == replayed)
+        .and_then(|l| l.replayed_at)
+        .expect("marked replayed");
+    assert_eq!(time_of(&by_id(&replayed)["replayed_at"]), replayed_at);
     assert!(by_id(&replayed)["purged_at"].is_null());
     assert!(by_id(&purged)["purged_at"].is_string());
-    assert!(by_id(&again.id.to_string())["replayed_at"].is_null());
-    assert_eq!(list_table(&app, &["--all"]).await.len(), 3);
+    assert!(by_id(&purged)["replayed_at"].is_null());
+    assert!(by_id(&again)["replayed_at"].is_null());
+    let table = list_table(&app, &["--all"]).await;
+    assert_eq!(table, all.iter().map(table_row).collect::<Vec<_>>());
+    let replayed_row = table
+        .iter()
+        .find(|row| row[0] == replayed)
+        .expect("the replayed letter's row");
+    assert_eq!(
+        replayed_row[7],
+        replayed_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        "the REPLAYED column"
+    );
+    let purged_row = table
+        .iter()
+        .find(|row| row[0] == purged)
+        .expect("the purged letter's row");
+    assert_ne!(purged_row[8], "-", "the PURGED column");
+
+    // --all with --reason: every letter of that reason, whatever became of it.
+    let all_unparsed = list_json(&app, &["--all", "--reason", "UNPARSEABLE"]).await;
+    assert_eq!(ids(&all_unparsed), set(&[&replayed, &purged, &again]));
+    let table = list_table(&app, &["--reason", "UNPARSEABLE", "--all"]).await;
+    assert_eq!(
+        table,
+        all_unparsed.iter().map(table_row).collect::<Vec<_>>()
+    );
+    let all_status = list_json(&app, &["--all", "--reason", "UNKNOWN_STATUS"]).await;
+    assert_eq!(ids(&all_status), set(&[&status]));
 }

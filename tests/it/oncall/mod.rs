@@ -1,18 +1,23 @@
 //! The on-call CLI (DESIGN.md section 9) as an operator runs it: the real `kyc` binary as a
 //! subprocess, configured through the environment like the deployment, against a test app
 //! (HTTP and worker) on its own database and queues. Dead letters of every reason (`kyc dlq`),
-//! replays of recorded inputs (`kyc replay`), signed test webhooks (`kyc trigger`), and the
-//! `--dev` stand-in's page in a real headless browser.
+//! replays of recorded inputs (`kyc replay`), recomputed rows (`kyc recompute`), the
+//! verification timeline (`kyc verification show`), signed test webhooks (`kyc trigger`),
+//! quiet output, and the `--dev` stand-in's page in a real headless browser.
 
 mod dev_page;
 mod dlq;
+mod quiet;
+mod recompute;
 mod replay;
 mod trigger;
+mod verification;
 
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use kyc::config::Config;
 use kyc::queue::message::{
     HEADER_INTEGRATION, HEADER_KIND, HEADER_RECEIVED_AT, HEADER_SIGNATURE, put, rfc3339,
 };
@@ -49,9 +54,23 @@ pub struct Ran {
 }
 
 impl Ran {
-    /// Fails the test unless the command exited 0.
+    /// Fails the test unless the command exited 0 and printed no WARN or ERROR line: a normal
+    /// run prints only its result (DESIGN.md section 9).
     pub fn ok(self) -> Self {
         assert!(self.status.success(), "kyc failed: {self:#?}");
+        let noisy: Vec<String> = self
+            .stderr
+            .lines()
+            .map(strip_ansi)
+            .filter(|line| {
+                line.split_whitespace()
+                    .any(|word| matches!(word, "WARN" | "ERROR"))
+            })
+            .collect();
+        assert!(
+            noisy.is_empty(),
+            "a normal run logged WARN or ERROR lines: {noisy:#?}\n{self:#?}"
+        );
         self
     }
 
@@ -67,9 +86,28 @@ impl Ran {
     }
 }
 
+/// A line without its terminal colour codes (`ESC [ … m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A `kyc` command for `app`'s deployment, run by [`OPERATOR`].
 pub fn command(app: &TestApp, args: &[&str]) -> std::process::Command {
-    let mut command = kyc_command(&app.config);
+    command_for(&app.config, args)
+}
+
+/// A `kyc` command for the deployment `config` describes, run by [`OPERATOR`].
+pub fn command_for(config: &Config, args: &[&str]) -> std::process::Command {
+    let mut command = kyc_command(config);
     command
         .args(args)
         .env("USER", OPERATOR)
@@ -82,7 +120,12 @@ pub fn command(app: &TestApp, args: &[&str]) -> std::process::Command {
 /// Runs `kyc ARGS…` against `app`'s deployment to its end (off the async runtime, whose
 /// threads the app's worker needs meanwhile).
 pub async fn kyc(app: &TestApp, args: &[&str]) -> Ran {
-    let mut command = command(app, args);
+    kyc_with(&app.config, args).await
+}
+
+/// The same against the deployment `config` describes (e.g. another policy or broker).
+pub async fn kyc_with(config: &Config, args: &[&str]) -> Ran {
+    let mut command = command_for(config, args);
     let output = tokio::time::timeout(
         WAIT,
         tokio::task::spawn_blocking(move || command.output().expect("the kyc binary runs")),
