@@ -86,7 +86,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
     match command {
         Command::Migrate => {
             let applied = migrate(&config).await?;
-            println!(
+            out!(
                 "database up to date ({} migration(s) applied), topology of {} declared",
                 applied.len(),
                 config.queue_prefix

@@ -1,6 +1,9 @@
 //! kyc: identity verification with Veriff. Signed webhooks are verified on their raw bytes,
 //! published durably to RabbitMQ, and applied exactly once to PostgreSQL by the worker.
 
+#[macro_use]
+mod output;
+
 pub mod app;
 mod backoff;
 pub mod cli;

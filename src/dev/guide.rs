@@ -8,7 +8,7 @@ pub fn print(config: &Config) {
     let db = &config.database_url;
     let kyc =
         std::env::current_exe().map_or_else(|_| "kyc".to_owned(), |p| p.display().to_string());
-    println!(
+    out!(
         r#"
 kyc is running in development mode on http://{addr} with a local Veriff stand-in.
 Try the whole flow in a second terminal:

@@ -30,25 +30,28 @@ pub async fn run(config: &Config, command: ClientsCommand) -> Result<(), BoxErro
     match command {
         ClientsCommand::Create { name, us } => {
             let (id, key) = storage::clients::create(&db, &name, us).await?;
-            println!(
+            out!(
                 "client {id} created{}",
                 if us { " (US enabled)" } else { "" }
             );
-            println!("key (shown once, store it now): {key}");
+            out!("key (shown once, store it now): {key}");
         }
         ClientsCommand::List { json } => {
             let clients = storage::clients::list(&db).await?;
             if json {
                 for client in clients {
-                    println!("{}", serde_json::to_string(&client)?);
+                    out!("{}", serde_json::to_string(&client)?);
                 }
             } else {
-                println!(
+                out!(
                     "{:<36}  {:<24}  {:<3}  {:<20}  REVOKED",
-                    "ID", "NAME", "US", "CREATED"
+                    "ID",
+                    "NAME",
+                    "US",
+                    "CREATED"
                 );
                 for c in clients {
-                    println!(
+                    out!(
                         "{:<36}  {:<24}  {:<3}  {:<20}  {}",
                         c.id,
                         c.name.as_deref().unwrap_or("-"),
@@ -63,7 +66,7 @@ pub async fn run(config: &Config, command: ClientsCommand) -> Result<(), BoxErro
             if !storage::clients::revoke(&db, id).await? {
                 return Err(format!("no client {id}").into());
             }
-            println!("client {id} revoked");
+            out!("client {id} revoked");
         }
     }
     Ok(())

@@ -103,7 +103,7 @@ pub async fn run(config: &Config, command: DlqCommand) -> Result<(), BoxError> {
             let letters = store::list(&db, reason.as_deref(), all, limit).await?;
             if json {
                 for letter in &letters {
-                    println!("{}", serde_json::to_string(letter)?);
+                    out!("{}", serde_json::to_string(letter)?);
                 }
             } else {
                 print_table(&letters);
@@ -113,28 +113,28 @@ pub async fn run(config: &Config, command: DlqCommand) -> Result<(), BoxError> {
             let letter = store::get(&db, id)
                 .await?
                 .ok_or_else(|| format!("no dead letter {id}"))?;
-            println!("{}", serde_json::to_string_pretty(&letter)?);
+            out!("{}", serde_json::to_string_pretty(&letter)?);
             let body = match &letter.body_ciphertext {
                 Some(sealed) => Some(config.archive_cipher()?.open(sealed)?),
                 None => None,
             };
             match (&body, raw) {
-                (None, _) => println!("body: past retention or purged (deleted)"),
+                (None, _) => out!("body: past retention or purged (deleted)"),
                 (Some(body), true) => {
                     audit::record(&db, &actor(), "dlq.show.raw", Some(&id.to_string()), None)
                         .await?;
-                    println!(
+                    out!(
                         "body (raw, access recorded):\n{}",
                         String::from_utf8_lossy(body)
                     );
                 }
-                (Some(body), false) => println!("body facts: {}", facts(&letter, body)),
+                (Some(body), false) => out!("body facts: {}", facts(&letter, body)),
             }
         }
         DlqCommand::Replay { which, dry_run } => {
             let letters = store::select(&db, &which.selection(), true).await?;
             if dry_run {
-                println!("would replay {} dead letter(s):", letters.len());
+                out!("would replay {} dead letter(s):", letters.len());
                 print_table(&letters);
                 return Ok(());
             }
@@ -143,7 +143,7 @@ pub async fn run(config: &Config, command: DlqCommand) -> Result<(), BoxError> {
             let (mut replayed, mut expired) = (0, 0);
             for letter in &letters {
                 let Some(sealed) = &letter.body_ciphertext else {
-                    println!("{}  not replayed: body past retention", letter.id);
+                    out!("{}  not replayed: body past retention", letter.id);
                     expired += 1;
                     continue;
                 };
@@ -160,7 +160,7 @@ pub async fn run(config: &Config, command: DlqCommand) -> Result<(), BoxError> {
                     return Err(error.into());
                 }
                 store::mark_replayed(&db, letter.id).await?;
-                println!(
+                out!(
                     "{}  replayed ({}, {})",
                     letter.id,
                     letter.reason,
@@ -169,7 +169,7 @@ pub async fn run(config: &Config, command: DlqCommand) -> Result<(), BoxError> {
                 replayed += 1;
             }
             broker.close().await;
-            println!("{replayed} replayed, {expired} past retention");
+            out!("{replayed} replayed, {expired} past retention");
         }
         DlqCommand::Purge { ids, before, yes } => {
             let selection = match before {
@@ -186,7 +186,7 @@ pub async fn run(config: &Config, command: DlqCommand) -> Result<(), BoxError> {
             }
             let ids: Vec<Uuid> = letters.iter().map(|l| l.id).collect();
             let purged = store::purge(&db, &ids).await?;
-            println!("{purged} dead letter(s) purged");
+            out!("{purged} dead letter(s) purged");
         }
     }
     Ok(())
@@ -208,12 +208,19 @@ fn facts(letter: &DeadLetter, body: &[u8]) -> String {
 }
 
 fn print_table(letters: &[DeadLetter]) {
-    println!(
+    out!(
         "{:<36}  {:<8}  {:<36}  {:<17}  {:>8}  {:<19}  {:<19}  {:<19}  PURGED",
-        "ID", "KIND", "SESSION", "REASON", "ATTEMPTS", "FIRST FAILURE", "LAST FAILURE", "REPLAYED"
+        "ID",
+        "KIND",
+        "SESSION",
+        "REASON",
+        "ATTEMPTS",
+        "FIRST FAILURE",
+        "LAST FAILURE",
+        "REPLAYED"
     );
     for l in letters {
-        println!(
+        out!(
             "{:<36}  {:<8}  {:<36}  {:<17}  {:>8}  {:<19}  {:<19}  {:<19}  {}",
             l.id,
             l.kind.as_deref().unwrap_or("-"),

@@ -64,7 +64,7 @@ pub async fn run(config: &Config, which: Which, dry_run: bool) -> Result<(), Box
             seen += 1;
             if let Some(new) = store::recompute(&tx, verification, &policy).await? {
                 changed += 1;
-                println!("{id}  {} → {}", show(&verification.row), show(&new));
+                out!("{id}  {} → {}", show(&verification.row), show(&new));
             }
         }
         if dry_run {
@@ -74,7 +74,7 @@ pub async fn run(config: &Config, which: Which, dry_run: bool) -> Result<(), Box
         }
     }
     let verb = if dry_run { "would change" } else { "changed" };
-    println!("{seen} recomputed, {changed} {verb}");
+    out!("{seen} recomputed, {changed} {verb}");
     Ok(())
 }
 

@@ -41,25 +41,32 @@ pub async fn run(
         let (Some(signature), Some(integration)) = (&input.signature, input.integration) else {
             // A reconciliation answer has no webhook signature; replaying any other input of
             // the verification recomputes its row from it all the same.
-            println!(
+            out!(
                 "{}  {} {}: not a signed webhook ({}), skipped",
-                input.dedup_key, input.session_id, input.kind, input.source
+                input.dedup_key,
+                input.session_id,
+                input.kind,
+                input.source
             );
             unsigned += 1;
             continue;
         };
         let Some(sealed) = &input.body_ciphertext else {
-            println!(
+            out!(
                 "{}  {} {}: body past retention, cannot be replayed (`kyc recompute` needs no body)",
-                input.dedup_key, input.session_id, input.kind
+                input.dedup_key,
+                input.session_id,
+                input.kind
             );
             expired += 1;
             continue;
         };
         let Some(broker) = &broker else {
-            println!(
+            out!(
                 "{}  {} {}: would be replayed",
-                input.dedup_key, input.session_id, input.kind
+                input.dedup_key,
+                input.session_id,
+                input.kind
             );
             replayed += 1;
             continue;
@@ -79,9 +86,11 @@ pub async fn run(
             failure = Some(error);
             break;
         }
-        println!(
+        out!(
             "{}  {} {}: replayed",
-            input.dedup_key, input.session_id, input.kind
+            input.dedup_key,
+            input.session_id,
+            input.kind
         );
         replayed += 1;
     }
@@ -96,6 +105,6 @@ pub async fn run(
     } else {
         "replayed"
     };
-    println!("{replayed} {verb}, {expired} past retention, {unsigned} not signed webhooks");
+    out!("{replayed} {verb}, {expired} past retention, {unsigned} not signed webhooks");
     Ok(())
 }

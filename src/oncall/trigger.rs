@@ -101,7 +101,7 @@ pub async fn run(config: &Config, command: TriggerCommand) -> Result<(), BoxErro
         .send()
         .await?;
     let status = response.status();
-    println!("{kind} webhook for session {}: {status}", target.session);
+    out!("{kind} webhook for session {}: {status}", target.session);
     if !status.is_success() {
         return Err(format!("the receiver answered {status}").into());
     }

@@ -89,12 +89,12 @@ pub async fn run(config: &Config, command: VerificationCommand) -> Result<(), Bo
             "sessions": sessions,
             "inputs": inputs,
         });
-        println!("{}", serde_json::to_string_pretty(&document)?);
+        out!("{}", serde_json::to_string_pretty(&document)?);
         return Ok(());
     }
 
     let code = |c: Option<i32>| c.map_or_else(|| "-".to_owned(), |c| c.to_string());
-    println!(
+    out!(
         "verification {}  region {}  onboarding {}  user {}",
         row.id,
         row.region,
@@ -102,24 +102,28 @@ pub async fn run(config: &Config, command: VerificationCommand) -> Result<(), Bo
             .map_or_else(|| "-".to_owned(), |o| o.to_string()),
         row.user_id.as_deref().unwrap_or("-"),
     );
-    println!(
+    out!(
         "row           {} / {}  reason code {}  updated {}",
         row.state,
         row.retry,
         code(row.reason_code),
         super::short_time(Some(row.updated_at)),
     );
-    println!("why           {why}");
+    out!("why           {why}");
     if stale {
-        println!(
+        out!(
             "              the row is not what the recorded inputs give now: `kyc recompute --verification {}`",
             row.id
         );
     }
-    println!();
-    println!(
+    out!();
+    out!(
         "{:<3} {:<38} {:<24} {:<19} {:<19} RECONCILED",
-        "#", "SESSION", "STATUS", "CREATED", "EXPIRES"
+        "#",
+        "SESSION",
+        "STATUS",
+        "CREATED",
+        "EXPIRES"
     );
     for (n, s) in sessions.iter().enumerate() {
         let current = if row.current_session_id.as_deref() == Some(s.id.as_str()) {
@@ -127,7 +131,7 @@ pub async fn run(config: &Config, command: VerificationCommand) -> Result<(), Bo
         } else {
             ""
         };
-        println!(
+        out!(
             "{:<3} {:<38} {:<24} {:<19} {:<19} {}{current}",
             n + 1,
             s.id,
@@ -137,8 +141,8 @@ pub async fn run(config: &Config, command: VerificationCommand) -> Result<(), Bo
             super::short_time(s.reconciled_at),
         );
     }
-    println!();
-    println!(
+    out!();
+    out!(
         "  {:<8} {:<16} {:<38} {:<38} {:<24} {:<19} {:<5} {:<15} {:<19} {:<19} BODY",
         "INPUT",
         "KIND",
@@ -153,7 +157,7 @@ pub async fn run(config: &Config, command: VerificationCommand) -> Result<(), Bo
     );
     for (i, input) in inputs.iter().enumerate() {
         let mark = if decided_by == Some(i) { "*" } else { " " };
-        println!(
+        out!(
             "{mark} {:<8} {:<16} {:<38} {:<38} {:<24} {:<19} {:<5} {:<15} {:<19} {:<19} {}",
             input.id,
             input.kind,
@@ -173,6 +177,6 @@ pub async fn run(config: &Config, command: VerificationCommand) -> Result<(), Bo
             },
         );
     }
-    println!("\n* the input that decided the row");
+    out!("\n* the input that decided the row");
     Ok(())
 }

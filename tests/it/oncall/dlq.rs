@@ -577,9 +577,11 @@ async fn a_replay_killed_midway_loses_nothing_and_applies_each_once() {
     };
     // A bound, not a pause: the command starts, connects and replays as fast as the
     // machine lets it (slow when every test of the suite runs beside it).
-    eventually(Duration::from_secs(60), "the replay to be under way", || async {
-        (marked_rows().await >= 20).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the replay to be under way",
+        || async { (marked_rows().await >= 20).then_some(()) },
+    )
     .await;
     child.kill().expect("SIGKILL the replay");
     let status = child.wait().expect("reap the replay");

@@ -59,3 +59,23 @@ async fn every_command_prints_only_its_result() {
         assert!(!ran.stdout.is_empty(), "{args:?} printed its result");
     }
 }
+
+/// `kyc … | head`: a reader that goes away ends the command quietly (128 + SIGPIPE), not
+/// with a panic about stdout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_a_command_quietly() {
+    let app = TestApp::run().await;
+    for n in 0..3 {
+        app.send("decision", &unparseable(n)).await;
+    }
+    wait_letters(&app, 3).await;
+    let mut child = super::command(&app, &["dlq", "list", "--all"])
+        .spawn()
+        .expect("kyc dlq list starts");
+    // The reader is gone before the command writes anything.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("the command ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
