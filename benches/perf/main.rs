@@ -725,8 +725,17 @@ async fn instructions(plan: &Plan, report: &mut Report) {
         settle(&deployment, &accepted, Duration::from_secs(300)).await;
         worker.stop();
         worker_ir.push(callgrind_total(&worker_out));
-        let _ = std::fs::remove_file(&serve_out);
-        let _ = std::fs::remove_file(&worker_out);
+        // PERF_KEEP keeps the profiles for callgrind_annotate.
+        if std::env::var_os("PERF_KEEP").is_none() {
+            let _ = std::fs::remove_file(&serve_out);
+            let _ = std::fs::remove_file(&worker_out);
+        } else {
+            println!(
+                "  kept {} and {}",
+                serve_out.display(),
+                worker_out.display()
+            );
+        }
         deployment.clean_up().await;
     }
     let per = |ir: &[f64]| (ir[1] - ir[0]) / (large - small) as f64;

@@ -32,16 +32,13 @@ pub enum Outcome {
 
 /// The span of one delivery: every log line about it carries its dedup key (the message id),
 /// kind and session, which is how on-call finds a webhook.
-pub(super) fn span(message: &Message) -> tracing::Span {
-    let session = message
-        .kind
-        .and_then(|kind| payload::parse(kind, &message.body))
-        .map(|facts| facts.session_id);
+pub(super) fn span(message: &Message, check: &Result<Checked, Reason>) -> tracing::Span {
+    let session = check.as_ref().ok().map(|c| c.facts.session_id.as_str());
     tracing::info_span!(
         "delivery",
         dedup_key = message.message_id.as_deref().unwrap_or("-"),
         kind = message.kind.map_or("-", Kind::as_str),
-        session = session.as_deref().unwrap_or("-"),
+        session = session.unwrap_or("-"),
     )
 }
 
@@ -65,13 +62,16 @@ impl Worker {
     /// Applies a batch of messages in one transaction (one commit, so one WAL flush, for
     /// all of them) and returns each message's outcome, in order. Each verification is
     /// locked once, in id order, and its row recomputed once whatever the batch holds for it.
-    pub(super) async fn apply_batch(&self, messages: &[Message]) -> Result<Vec<Outcome>, DbError> {
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; messages.len()];
+    pub(super) async fn apply_batch(
+        &self,
+        checks: &[Result<Checked, Reason>],
+    ) -> Result<Vec<Outcome>, DbError> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; checks.len()];
         let mut checked = Vec::new();
-        for (i, message) in messages.iter().enumerate() {
-            match self.check(message) {
+        for (i, check) in checks.iter().enumerate() {
+            match check {
                 Ok(c) => checked.push((i, c)),
-                Err(reason) => outcomes[i] = Some(Outcome::Dead(reason)),
+                Err(reason) => outcomes[i] = Some(Outcome::Dead(*reason)),
             }
         }
         if !checked.is_empty() {
@@ -85,7 +85,7 @@ impl Worker {
 
     pub(super) async fn record_batch(
         &self,
-        checked: &[(usize, Checked)],
+        checked: &[(usize, &Checked)],
         outcomes: &mut [Option<Outcome>],
     ) -> Result<(), DbError> {
         let mut client = self.pool.get().await?;
@@ -203,8 +203,9 @@ impl Worker {
         })
     }
 
-    /// The signature, the body's shape and its status: everything decidable without the database.
-    fn check(&self, message: &Message) -> Result<Checked, Reason> {
+    /// The signature, the body's shape and its status: everything decidable without the
+    /// database, done once per delivery however often its batch is tried.
+    pub(super) fn check(&self, message: &Message) -> Result<Checked, Reason> {
         let (Some(kind), Some(integration)) = (message.kind, message.integration) else {
             return Err(Reason::InvalidSignature);
         };

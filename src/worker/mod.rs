@@ -296,16 +296,21 @@ impl Worker {
     /// Applies a batch, holding it while the database is unreachable, and settles each message.
     async fn handle(&self, batch: Vec<Delivery>, stop: &CancellationToken) {
         let messages: Vec<Message> = batch.iter().map(Message::from_delivery).collect();
-        let outcomes = match self.apply_held(&messages, stop).await {
+        let checks: Vec<_> = messages.iter().map(|m| self.check(m)).collect();
+        let spans: Vec<tracing::Span> = messages
+            .iter()
+            .zip(&checks)
+            .map(|(m, c)| apply::span(m, c))
+            .collect();
+        let outcomes = match self.apply_held(&checks, stop).await {
             None => return, // stopping while the database is away: redelivered later
             Some(Ok(outcomes)) => outcomes,
             Some(Err(error)) => {
                 tracing::warn!(error = %chain(&error), size = batch.len(), "batch failed; applying its messages one by one");
                 let mut outcomes = Vec::with_capacity(messages.len());
-                for message in &messages {
-                    let span = apply::span(message);
+                for (check, span) in checks.iter().zip(&spans) {
                     let one = self
-                        .apply_held(std::slice::from_ref(message), stop)
+                        .apply_held(std::slice::from_ref(check), stop)
                         .instrument(span.clone())
                         .await;
                     match one {
@@ -324,16 +329,12 @@ impl Worker {
                 outcomes
             }
         };
-        let settles =
-            batch
-                .iter()
-                .zip(&messages)
-                .zip(outcomes)
-                .map(|((delivery, message), outcome)| {
-                    let span = apply::span(message);
-                    self.settle(delivery, message, outcome, stop)
-                        .instrument(span)
-                });
+        let settles = batch.iter().zip(&messages).zip(outcomes).zip(spans).map(
+            |(((delivery, message), outcome), span)| {
+                self.settle(delivery, message, outcome, stop)
+                    .instrument(span)
+            },
+        );
         futures_util::future::join_all(settles).await;
     }
 
@@ -341,12 +342,12 @@ impl Worker {
     /// stopped meanwhile; `Err` for a statement that failed.
     async fn apply_held(
         &self,
-        messages: &[Message],
+        checks: &[Result<apply::Checked, Reason>],
         stop: &CancellationToken,
     ) -> Option<Result<Vec<Outcome>, crate::storage::DbError>> {
         let mut backoff = Backoff::new();
         loop {
-            match self.apply_batch(messages).await {
+            match self.apply_batch(checks).await {
                 Ok(outcomes) => return Some(Ok(outcomes)),
                 Err(error) if error.is_outage() => {
                     self.count("db_unavailable", "");

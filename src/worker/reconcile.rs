@@ -58,7 +58,7 @@ impl Worker {
                 input,
             };
             let mut outcome = [None];
-            self.record_batch(&[(0, checked)], &mut outcome).await?;
+            self.record_batch(&[(0, &checked)], &mut outcome).await?;
             if matches!(outcome[0], Some(Outcome::Applied { .. })) {
                 recorded += 1;
                 tracing::info!(%session, "reconciliation recorded Veriff's decision");
