@@ -2,7 +2,7 @@
 //! recomputed from them. Every writer holds the verification's row lock (`lock`) for the
 //! whole transaction, so concurrent inputs cannot lose an update.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
@@ -170,31 +170,68 @@ pub async fn record_input(
     verification: &Locked,
     input: &NewInput,
 ) -> Result<bool, tokio_postgres::Error> {
-    let inserted = execute(
-            tx,
-            "INSERT INTO inputs (verification_id, dedup_key, kind, session_id, attempt_id, status,
-                 decision_time, reason_code, reason, source, integration, signature, body_ciphertext, received_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-             ON CONFLICT (dedup_key) DO NOTHING",
-            &[
-                &verification.id,
-                &input.dedup_key,
-                &input.kind.as_str(),
-                &input.session_id,
-                &input.attempt_id,
-                &input.status,
-                &input.decision_time,
-                &input.reason_code,
-                &input.reason,
-                &input.source,
-                &input.integration,
-                &input.signature,
-                &input.body_ciphertext,
-                &input.received_at,
-            ],
-        )
-        .await?;
-    Ok(inserted == 1)
+    let new = record_inputs(tx, &[(verification.id, input)]).await?;
+    Ok(new.contains(&input.dedup_key))
+}
+
+/// Records several inputs in one statement, each unless its dedup key is already recorded
+/// (the same key twice in `inputs` counts once). Returns the dedup keys that were new.
+pub async fn record_inputs(
+    tx: &Transaction<'_>,
+    inputs: &[(Uuid, &NewInput)],
+) -> Result<HashSet<String>, tokio_postgres::Error> {
+    let verifications: Vec<Uuid> = inputs.iter().map(|(v, _)| *v).collect();
+    let keys: Vec<&str> = inputs.iter().map(|(_, i)| i.dedup_key.as_str()).collect();
+    let kinds: Vec<&str> = inputs.iter().map(|(_, i)| i.kind.as_str()).collect();
+    let sessions: Vec<&str> = inputs.iter().map(|(_, i)| i.session_id.as_str()).collect();
+    let attempts: Vec<Option<&str>> = inputs
+        .iter()
+        .map(|(_, i)| i.attempt_id.as_deref())
+        .collect();
+    let statuses: Vec<Option<&str>> = inputs.iter().map(|(_, i)| i.status.as_deref()).collect();
+    let times: Vec<Option<DateTime<Utc>>> = inputs.iter().map(|(_, i)| i.decision_time).collect();
+    let codes: Vec<Option<i32>> = inputs.iter().map(|(_, i)| i.reason_code).collect();
+    let reasons: Vec<Option<&str>> = inputs.iter().map(|(_, i)| i.reason.as_deref()).collect();
+    let sources: Vec<&str> = inputs.iter().map(|(_, i)| i.source).collect();
+    let integrations: Vec<Option<&str>> = inputs
+        .iter()
+        .map(|(_, i)| i.integration.map(Integration::as_str))
+        .collect();
+    let signatures: Vec<Option<&str>> =
+        inputs.iter().map(|(_, i)| i.signature.as_deref()).collect();
+    let bodies: Vec<Option<&[u8]>> = inputs
+        .iter()
+        .map(|(_, i)| i.body_ciphertext.as_deref())
+        .collect();
+    let received: Vec<Option<DateTime<Utc>>> = inputs.iter().map(|(_, i)| i.received_at).collect();
+    let rows = query(
+        tx,
+        "INSERT INTO inputs (verification_id, dedup_key, kind, session_id, attempt_id, status,
+             decision_time, reason_code, reason, source, integration, signature, body_ciphertext, received_at)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+             $7::timestamptz[], $8::int4[], $9::text[], $10::text[], $11::text[], $12::text[],
+             $13::bytea[], $14::timestamptz[])
+         ON CONFLICT (dedup_key) DO NOTHING
+         RETURNING dedup_key",
+        &[
+            &verifications,
+            &keys,
+            &kinds,
+            &sessions,
+            &attempts,
+            &statuses,
+            &times,
+            &codes,
+            &reasons,
+            &sources,
+            &integrations,
+            &signatures,
+            &bodies,
+            &received,
+        ],
+    )
+    .await?;
+    rows.iter().map(|r| r.try_get(0)).collect()
 }
 
 /// Recomputes the row, the current session and the session statuses from the whole history;
@@ -204,55 +241,80 @@ pub async fn recompute(
     verification: &Locked,
     policy: &Policy,
 ) -> Result<Option<Row>, tokio_postgres::Error> {
-    let history = history(tx, verification.id).await?;
-    let row = state_machine::compute(&history, policy);
-    refresh_session_statuses(tx, &history).await?;
-    execute(
-        tx,
-        "UPDATE verifications SET current_session_id = $2
-         WHERE id = $1 AND current_session_id IS DISTINCT FROM $2",
-        &[&verification.id, &state_machine::current_session(&history)],
-    )
-    .await?;
-    if row == verification.row {
-        return Ok(None);
-    }
-    execute(
-        tx,
-        "WITH changed AS (
-             UPDATE verifications SET state = $2, retry = $3, reason_code = $4, reason = $5, updated_at = now()
-             WHERE id = $1 RETURNING id
-         )
-         SELECT pg_notify('verification_state', id::text) FROM changed",
-        &[&verification.id, &row.state, &row.retry, &row.reason_code, &row.reason],
-    )
-    .await?;
-    Ok(Some(row))
+    let mut changed = recompute_many(tx, &[verification], policy).await?;
+    Ok(changed.pop().map(|(_, row)| row))
 }
 
-/// Keeps `sessions.status` (what the registration API reads to reuse a session) in step.
-async fn refresh_session_statuses(
+/// [`recompute`] for several locked verifications at once, in a fixed number of statements
+/// whatever their number: one read of every history, one write each of the session
+/// statuses, the current sessions and the changed rows (each changed row announced).
+/// Returns the rows that changed.
+pub async fn recompute_many(
     tx: &Transaction<'_>,
-    history: &[Input],
-) -> Result<(), tokio_postgres::Error> {
-    let (ids, statuses): (Vec<&str>, Vec<state_machine::SessionStatus>) = history
-        .iter()
-        .filter_map(|input| match input {
-            Input::SessionCreated { session_id, .. } => {
-                state_machine::session_status(history, session_id)
-                    .map(|status| (session_id.as_str(), status))
+    verifications: &[&Locked],
+    policy: &Policy,
+) -> Result<Vec<(Uuid, Row)>, tokio_postgres::Error> {
+    let ids: Vec<Uuid> = verifications.iter().map(|v| v.id).collect();
+    let histories = histories(tx, &ids).await?;
+    let empty = Vec::new();
+    let (mut session_ids, mut session_statuses) = (Vec::new(), Vec::new());
+    let (mut current_ids, mut currents) = (Vec::new(), Vec::new());
+    let mut changed = Vec::new();
+    for verification in verifications {
+        let history = histories.get(&verification.id).unwrap_or(&empty);
+        for input in history {
+            if let Input::SessionCreated { session_id, .. } = input
+                && let Some(status) = state_machine::session_status(history, session_id)
+            {
+                session_ids.push(session_id.as_str());
+                session_statuses.push(status);
             }
-            Input::Observed { .. } => None,
-        })
-        .unzip();
+        }
+        current_ids.push(verification.id);
+        currents.push(state_machine::current_session(history));
+        let row = state_machine::compute(history, policy);
+        if row != verification.row {
+            changed.push((verification.id, row));
+        }
+    }
+    // Keeps `sessions.status` (what the registration API reads to reuse a session) in step.
     execute(
         tx,
         "UPDATE sessions s SET status = t.status FROM unnest($1::text[], $2::text[]) AS t(id, status)
          WHERE s.id = t.id AND s.status <> t.status",
-        &[&ids, &statuses],
+        &[&session_ids, &session_statuses],
     )
     .await?;
-    Ok(())
+    execute(
+        tx,
+        "UPDATE verifications v SET current_session_id = t.current
+         FROM unnest($1::uuid[], $2::text[]) AS t(id, current)
+         WHERE v.id = t.id AND v.current_session_id IS DISTINCT FROM t.current",
+        &[&current_ids, &currents],
+    )
+    .await?;
+    if !changed.is_empty() {
+        let changed_ids: Vec<Uuid> = changed.iter().map(|(id, _)| *id).collect();
+        let states: Vec<state_machine::State> = changed.iter().map(|(_, r)| r.state).collect();
+        let retries: Vec<state_machine::Retry> = changed.iter().map(|(_, r)| r.retry).collect();
+        let codes: Vec<Option<i32>> = changed.iter().map(|(_, r)| r.reason_code).collect();
+        let reasons: Vec<Option<&str>> = changed.iter().map(|(_, r)| r.reason.as_deref()).collect();
+        execute(
+            tx,
+            "WITH changed AS (
+                 UPDATE verifications v SET state = t.state, retry = t.retry,
+                     reason_code = t.reason_code, reason = t.reason, updated_at = now()
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::text[])
+                     AS t(id, state, retry, reason_code, reason)
+                 WHERE v.id = t.id
+                 RETURNING v.id
+             )
+             SELECT pg_notify('verification_state', id::text) FROM changed",
+            &[&changed_ids, &states, &retries, &codes, &reasons],
+        )
+        .await?;
+    }
+    Ok(changed)
 }
 
 /// One recorded input with its non-personal facts, as `kyc verification show` lists it.
@@ -349,6 +411,43 @@ pub async fn history(tx: &Transaction<'_>, id: Uuid) -> Result<Vec<Input>, tokio
         .iter()
         .filter_map(RecordedInput::as_input)
         .collect())
+}
+
+/// The histories of several verifications, in one read.
+async fn histories(
+    tx: &Transaction<'_>,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<Input>>, tokio_postgres::Error> {
+    let rows = query(
+        tx,
+        "SELECT verification_id, kind, session_id, attempt_id, status, decision_time, reason_code,
+                reason, source
+         FROM inputs WHERE verification_id = ANY($1) ORDER BY verification_id, id",
+        &[&ids],
+    )
+    .await?;
+    let mut histories: HashMap<Uuid, Vec<Input>> = HashMap::with_capacity(ids.len());
+    for r in &rows {
+        let recorded = RecordedInput {
+            id: 0,
+            kind: r.try_get(1)?,
+            session_id: r.try_get(2)?,
+            attempt_id: r.try_get(3)?,
+            status: r.try_get(4)?,
+            decision_time: r.try_get(5)?,
+            reason_code: r.try_get(6)?,
+            reason: r.try_get(7)?,
+            source: r.try_get(8)?,
+            integration: None,
+            received_at: None,
+            recorded_at: Utc::now(),
+            body_kept: false,
+        };
+        if let Some(input) = recorded.as_input() {
+            histories.entry(r.try_get(0)?).or_default().push(input);
+        }
+    }
+    Ok(histories)
 }
 
 /// The verification a Veriff session belongs to.

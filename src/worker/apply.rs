@@ -113,6 +113,7 @@ impl Worker {
         };
 
         let mut touched: BTreeSet<Uuid> = BTreeSet::new();
+        let mut recording: Vec<(usize, Uuid, &Checked)> = Vec::with_capacity(checked.len());
         for (i, c) in checked {
             let session = &c.facts.session_id;
             let owner = owners
@@ -142,22 +143,29 @@ impl Worker {
                 owners.insert(session.clone(), verification.id);
                 tracing::info!(%session, verification = %verification.id, "adopted a session through vendorData");
             }
-            let new = store::record_input(&tx, verification, &c.input).await?;
-            tracing::debug!(kind = %c.kind, dedup_key = %c.input.dedup_key, %session, new, "webhook recorded");
-            outcomes[*i] = Some(if new {
+            recording.push((*i, verification.id, c));
+            touched.insert(verification.id);
+        }
+        // One statement for every input of the batch, one set of statements for its rows.
+        let inputs: Vec<(Uuid, &NewInput)> = recording
+            .iter()
+            .map(|(_, verification, c)| (*verification, &c.input))
+            .collect();
+        let mut new = store::record_inputs(&tx, &inputs).await?;
+        for (i, _, c) in &recording {
+            // The first of a batch's copies of a webhook is the one recorded.
+            let recorded = new.remove(&c.input.dedup_key);
+            tracing::debug!(kind = %c.kind, dedup_key = %c.input.dedup_key, session = %c.facts.session_id, new = recorded, "webhook recorded");
+            outcomes[*i] = Some(if recorded {
                 Outcome::Applied {
                     received_at: c.input.received_at,
                 }
             } else {
                 Outcome::Duplicate
             });
-            touched.insert(verification.id);
         }
-        for id in touched {
-            if let Some(verification) = locked.get(&id) {
-                store::recompute(&tx, verification, &self.settings.policy).await?;
-            }
-        }
+        let touched: Vec<&store::Locked> = touched.iter().filter_map(|id| locked.get(id)).collect();
+        store::recompute_many(&tx, &touched, &self.settings.policy).await?;
         tx.commit().await?;
         Ok(())
     }
