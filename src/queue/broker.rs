@@ -351,6 +351,14 @@ async fn supervise(inner: Arc<Inner>) {
         let lost = async {
             while let Some(event) = events.next().await {
                 if let Event::Error(error) = event {
+                    // lapin reports a channel closed by the broker (a consumer's queue
+                    // deleted, a passive declare of a missing queue) here too: that channel's
+                    // owner sees it and opens another; the connection and everything else on
+                    // it carry on.
+                    if error.is_amqp_soft_error() && connection.status().connected() {
+                        tracing::debug!(error = %chain(&error), "the broker closed a channel");
+                        continue;
+                    }
                     tracing::warn!(error = %chain(&error), "broker connection failed");
                     return;
                 }
