@@ -62,6 +62,10 @@ struct Inner {
     connected: watch::Sender<u64>,
     /// An unroutable publish asks the supervisor to declare the topology again.
     redeclare: Notify,
+    /// Counts the times the topology was declared again on a live connection. A queue was
+    /// missing, so a consumer may be attached to a queue that no longer exists: RabbitMQ does
+    /// not always send `basic.cancel` when a quorum queue is deleted.
+    redeclared: watch::Sender<u64>,
     stop: CancellationToken,
     /// The supervisor, awaited by `close` so that the connection is closed cleanly.
     supervisor: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -94,6 +98,7 @@ impl Broker {
             return Err(BadUrl("no broker address".into()));
         }
         let (connected, _) = watch::channel(0);
+        let (redeclared, _) = watch::channel(0);
         let inner = Arc::new(Inner {
             urls,
             name: name.to_owned(),
@@ -101,6 +106,7 @@ impl Broker {
             link: RwLock::new(None),
             connected,
             redeclare: Notify::new(),
+            redeclared,
             stop,
             supervisor: Mutex::new(None),
         });
@@ -139,6 +145,13 @@ impl Broker {
     /// The connection if there is one now, without waiting.
     pub fn connection_now(&self) -> Option<Arc<Connection>> {
         self.current().map(|link| link.connection)
+    }
+
+    /// Changes each time the topology is declared again after an unroutable publish: a
+    /// consumer then consumes anew, in case its queue was deleted and declared again without
+    /// the broker telling it.
+    pub fn redeclarations(&self) -> watch::Receiver<u64> {
+        self.inner.redeclared.subscribe()
     }
 
     /// Waits until connected, and returns the connection (e.g. to open consumer channels).
@@ -369,6 +382,7 @@ async fn supervise(inner: Arc<Inner>) {
                 inner.redeclare.notified().await;
                 match declare(&connection, &inner.topology).await {
                     Ok(()) => {
+                        inner.redeclared.send_modify(|n| *n += 1);
                         tracing::info!("declared the topology again after an unroutable publish")
                     }
                     Err(error) => {

@@ -237,9 +237,14 @@ impl Worker {
             .await?;
         let slots = Arc::new(Semaphore::new(batches));
         let in_flight = TaskTracker::new();
+        let mut redeclared = self.broker.redeclarations();
         let outcome = loop {
             let first = tokio::select! {
                 () = stop.cancelled() => break Ok(()),
+                Ok(()) = redeclared.changed() => {
+                    tracing::info!("the topology was declared again; consuming anew");
+                    break Ok(());
+                }
                 next = consumer.next() => next,
             };
             let mut batch = Vec::with_capacity(batch_size);

@@ -13,7 +13,7 @@ use chrono::Utc;
 use futures_util::StreamExt;
 use lapin::Connection;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -49,22 +49,36 @@ impl Worker {
         stop: &CancellationToken,
     ) -> lapin::Result<()> {
         let channel = open_channel(connection, 16).await?;
+        let tag = format!("kyc-recorder-{}", Uuid::new_v4().simple());
         let mut consumer = channel
             .basic_consume(
                 self.broker.topology().dead_queue().as_str().into(),
-                format!("kyc-recorder-{}", Uuid::new_v4().simple())
-                    .as_str()
-                    .into(),
+                tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await?;
+        let mut redeclared = self.broker.redeclarations();
+        let mut cancelled = false;
         let outcome = loop {
             tokio::select! {
                 () = stop.cancelled() => break Ok(()),
+                // kyc.dead may have been deleted and declared again under this consumer, and
+                // RabbitMQ does not always say so: consume anew, once the letters this
+                // consumer already holds are recorded.
+                Ok(()) = redeclared.changed(), if !cancelled => {
+                    cancelled = true;
+                    if let Err(error) = channel
+                        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                        .await
+                    {
+                        break Err(error);
+                    }
+                }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => self.record_one(&delivery, stop).await,
                     Some(Err(error)) => break Err(error),
+                    None if cancelled => break Ok(()),
                     None => break Err(consumer_closed()),
                 }
             }
