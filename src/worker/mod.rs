@@ -406,6 +406,11 @@ impl Worker {
                 }
             }
             Err(error) => {
+                let reason = match &outcome {
+                    Outcome::Retry(reason) | Outcome::Dead(reason) => reason.as_str(),
+                    Outcome::Applied { .. } | Outcome::Duplicate => "",
+                };
+                self.count("requeued", reason);
                 tracing::warn!(error = %chain(&error), "could not move the message; it goes back to the queue");
                 tokio::select! {
                     () = tokio::time::sleep(REQUEUE_PAUSE) => {}
