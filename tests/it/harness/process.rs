@@ -1,7 +1,9 @@
-//! The real `kyc worker` binary as a child process, configured through the environment
-//! exactly as a deployment would be, so that a test can kill it with SIGKILL.
+//! The real `kyc worker` and `kyc serve` binaries as child processes, configured through the
+//! environment exactly as a deployment would be, so that a test can kill them with SIGKILL.
 
+use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use kyc::config::Config;
 
@@ -63,6 +65,71 @@ impl WorkerProcess {
 }
 
 impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[allow(dead_code, reason = "used by the fault suite (tests/faults) only")]
+/// A running `kyc serve` on a port of its own; killed (SIGKILL) when dropped. Its logs go to a
+/// file under the target's temporary folder (named in the test's output).
+pub struct ServeProcess {
+    child: Child,
+    pub base_url: String,
+}
+
+#[allow(dead_code, reason = "used by the fault suite (tests/faults) only")]
+impl ServeProcess {
+    /// Starts `kyc serve` on the deployment `config` describes, and waits until it is ready.
+    pub async fn start(config: &Config) -> Self {
+        // A free port: bound, then released for the child (a race with nothing in practice).
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "{}-serve-{}.log",
+            config.queue_prefix,
+            addr.port()
+        ));
+        let stderr = std::fs::File::create(&log).expect("serve log file");
+        let child = kyc_command(config)
+            .arg("serve")
+            .env("KYC_HTTP_ADDR", addr.to_string())
+            .env(
+                "KYC_PUBLISH_TIMEOUT",
+                format!("{}ms", config.publish_timeout.as_millis()),
+            )
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("the kyc binary starts");
+        eprintln!("kyc serve on {addr}, logging to {}", log.display());
+        let serve = Self {
+            child,
+            base_url: format!("http://{addr}"),
+        };
+        let http = reqwest::Client::new();
+        super::eventually(Duration::from_secs(20), "kyc serve to be ready", || async {
+            let r = http
+                .get(format!("{}/readyz", serve.base_url))
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await;
+        serve
+    }
+
+    /// SIGKILL: no shutdown path runs, whatever the process was doing.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL kyc serve");
+        self.child.wait().expect("reap the killed kyc serve");
+    }
+}
+
+impl Drop for ServeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
