@@ -2,6 +2,7 @@
 //! with its own database and queue prefix. One binary, so the crate is linked once.
 
 mod clients_cli;
+mod forward_faults;
 mod harness;
 mod ingest;
 mod migrate;
