@@ -10,15 +10,15 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::Connection;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Reason, Worker, consumer_closed, open_channel};
+use super::{Reason, Worker, close_channel, consumer_closed, open_channel};
 use crate::backoff::Backoff;
 use crate::error::chain;
 use crate::queue::Message;
@@ -49,41 +49,38 @@ impl Worker {
         stop: &CancellationToken,
     ) -> lapin::Result<()> {
         let channel = open_channel(connection, 16).await?;
-        let tag = format!("kyc-recorder-{}", Uuid::new_v4().simple());
         let mut consumer = channel
             .basic_consume(
                 self.broker.topology().dead_queue().as_str().into(),
-                tag.as_str().into(),
+                format!("kyc-recorder-{}", Uuid::new_v4().simple())
+                    .as_str()
+                    .into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await?;
         let mut redeclared = self.broker.redeclarations();
-        let mut cancelled = false;
         let outcome = loop {
             tokio::select! {
                 () = stop.cancelled() => break Ok(()),
                 // kyc.dead may have been deleted and declared again under this consumer, and
-                // RabbitMQ does not always say so: consume anew, once the letters this
-                // consumer already holds are recorded.
-                Ok(()) = redeclared.changed(), if !cancelled => {
-                    cancelled = true;
-                    if let Err(error) = channel
-                        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                        .await
-                    {
-                        break Err(error);
+                // RabbitMQ does not always say so: record the letters this consumer already
+                // holds (they were delivered; their queue may be gone), then consume anew.
+                // No basic.cancel: for a consumer of a deleted queue it may never be answered.
+                Ok(()) = redeclared.changed() => {
+                    while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
+                        self.record_one(&delivery, stop).await;
                     }
+                    break Ok(());
                 }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => self.record_one(&delivery, stop).await,
                     Some(Err(error)) => break Err(error),
-                    None if cancelled => break Ok(()),
                     None => break Err(consumer_closed()),
                 }
             }
         };
-        let _ = channel.close(200, "recorder stopping".into()).await;
+        close_channel(&channel, "recorder stopping").await;
         outcome
     }
 
