@@ -214,11 +214,11 @@ async fn deleting_the_dead_letter_queue_under_a_stream_never_stops_the_recorder(
         .wait_for(app.db(), WAIT, |r| r.missing <= at_most_taken)
         .await;
     ledger.print(&report);
-    println!(
-        "kyc.dead deleted {deletions} times with {destroyed} ready messages in it; {} webhooks \
+    ledger.note(&format!(
+        "kyc.dead deleted {deletions} times, with {destroyed} ready messages in it; {} webhooks \
          spooled meanwhile",
         metric(&app, "kyc_spooled_total").await
-    );
+    ));
     assert_eq!(report.keys, N);
     assert_eq!(report.other, 0, "every webhook answered 200 at once");
     assert!(

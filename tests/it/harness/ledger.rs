@@ -65,12 +65,23 @@ pub struct Report {
     pub unanswered: usize,
     /// A few of the missing keys, to look for in the logs.
     pub missing_keys: Vec<String>,
+    /// The answers other than 200, by status code or kind of connection error.
+    pub other_kinds: BTreeMap<String, u64>,
 }
 
 impl Report {
     pub fn line(&self, case: &str) -> String {
+        let kinds: Vec<String> = self
+            .other_kinds
+            .iter()
+            .map(|(kind, n)| format!("{kind}: {n}"))
+            .collect();
+        let kinds = match kinds.is_empty() {
+            true => String::new(),
+            false => format!(" ({})", kinds.join(", ")),
+        };
         format!(
-            "ledger {case}: sent={} 200={} other={} | keys={} applied={} dead-lettered={} missing={} duplicated={}",
+            "ledger {case}: sent={} 200={} other={}{kinds} | keys={} applied={} dead-lettered={} missing={} duplicated={}",
             self.sent,
             self.ok,
             self.other,
@@ -87,6 +98,8 @@ impl Report {
 struct Answers {
     /// Every key sent, and whether it was answered 200.
     keys: BTreeMap<String, bool>,
+    /// Answers other than 200, by status code or kind of connection error.
+    other: BTreeMap<String, u64>,
 }
 
 /// Sends webhooks to a kyc receiver as Veriff would, and keeps the books.
@@ -100,6 +113,8 @@ pub struct Ledger {
     sent: AtomicU64,
     ok: AtomicU64,
     other: AtomicU64,
+    /// Requests sent and not answered yet.
+    in_flight: AtomicU64,
 }
 
 impl Ledger {
@@ -115,23 +130,29 @@ impl Ledger {
             sent: AtomicU64::new(0),
             ok: AtomicU64::new(0),
             other: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
         })
     }
 
-    #[allow(dead_code, reason = "used by the fault suite (tests/faults) only")]
     /// Where the next requests go.
+    #[allow(dead_code, reason = "used by the fault suite (tests/faults) only")]
     pub fn retarget(&self, base_url: &str) {
         *self.target.write().expect("target lock") = base_url.to_owned();
     }
 
-    #[allow(dead_code, reason = "used by the fault suite (tests/faults) only")]
     /// Requests answered 200 so far.
     pub fn answered_ok(&self) -> u64 {
         self.ok.load(Ordering::SeqCst)
     }
 
+    /// Requests sent and not answered yet.
     #[allow(dead_code, reason = "used by the fault suite (tests/faults) only")]
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
     /// Requests answered otherwise so far (connection errors included).
+    #[allow(dead_code, reason = "used by the fault suite (tests/faults) only")]
     pub fn answered_other(&self) -> u64 {
         self.other.load(Ordering::SeqCst)
     }
@@ -156,9 +177,9 @@ impl Ledger {
         }
     }
 
-    #[allow(dead_code, reason = "used by the fault suite (tests/faults) only")]
     /// The same webhook from `connections` separate connections at once (each resent as
     /// Veriff would until 200).
+    #[allow(dead_code, reason = "used by the fault suite (tests/faults) only")]
     pub async fn send_concurrently(self: &Arc<Self>, webhook: &Webhook, connections: usize) {
         let clients: Vec<reqwest::Client> = (0..connections).map(|_| client()).collect();
         let start = Arc::new(tokio::sync::Barrier::new(connections));
@@ -207,6 +228,7 @@ impl Ledger {
     async fn post(&self, http: &reqwest::Client, webhook: &Webhook) -> bool {
         let url = self.url(&format!("/webhooks/veriff/{}", webhook.kind));
         self.sent.fetch_add(1, Ordering::SeqCst);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         let answer = http
             .post(url)
             .header("content-type", "application/json")
@@ -214,7 +236,23 @@ impl Ledger {
             .body(webhook.body.clone())
             .send()
             .await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
         let ok = matches!(&answer, Ok(r) if r.status() == 200);
+        if !ok {
+            let kind = match &answer {
+                Ok(r) => r.status().as_u16().to_string(),
+                Err(e) if e.is_connect() => "connection refused".to_owned(),
+                Err(e) if e.is_timeout() => "timed out".to_owned(),
+                Err(_) => "connection lost".to_owned(),
+            };
+            *self
+                .answers
+                .lock()
+                .expect("answers lock")
+                .other
+                .entry(kind)
+                .or_default() += 1;
+        }
         if ok {
             self.ok.fetch_add(1, Ordering::SeqCst);
             self.answers
@@ -257,6 +295,13 @@ impl Ledger {
         let _ = out.flush();
     }
 
+    /// Prints a line about the case under its ledger (past the capture, like the ledger).
+    pub fn note(&self, text: &str) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "    {}: {text}", self.case);
+        let _ = out.flush();
+    }
+
     /// Polls the books until `done` holds or `timeout` passes; returns the last count.
     pub async fn wait_for(
         &self,
@@ -276,7 +321,7 @@ impl Ledger {
 
     /// Counts the books now.
     pub async fn count(&self, db: &TestDb) -> Report {
-        let (answered, unanswered): (Vec<String>, usize) = {
+        let (answered, unanswered, other_kinds): (Vec<String>, usize, _) = {
             let answers = self.answers.lock().expect("answers lock");
             let answered = answers
                 .keys
@@ -285,7 +330,7 @@ impl Ledger {
                 .map(|(k, _)| k.clone())
                 .collect();
             let unanswered = answers.keys.values().filter(|ok| !**ok).count();
-            (answered, unanswered)
+            (answered, unanswered, answers.other.clone())
         };
         let client = db.client().await;
         let recorded: BTreeMap<String, i64> = client
@@ -333,6 +378,7 @@ impl Ledger {
             duplicated: recorded.values().filter(|n| **n > 1).count(),
             unanswered,
             missing_keys,
+            other_kinds,
         }
     }
 }
@@ -340,6 +386,9 @@ impl Ledger {
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
+        // Shorter than the server's keep-alive (5 s), so that an idle connection is never
+        // reused just as the server closes it (a lost request that is no answer of kyc's).
+        .pool_idle_timeout(Duration::from_secs(2))
         .build()
         .expect("HTTP client")
 }

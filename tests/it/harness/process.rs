@@ -71,9 +71,9 @@ impl Drop for WorkerProcess {
     }
 }
 
-#[allow(dead_code, reason = "used by the fault suite (tests/faults) only")]
 /// A running `kyc serve` on a port of its own; killed (SIGKILL) when dropped. Its logs go to a
 /// file under the target's temporary folder (named in the test's output).
+#[allow(dead_code, reason = "used by the fault suite (tests/faults) only")]
 pub struct ServeProcess {
     child: Child,
     pub base_url: String,
