@@ -19,6 +19,7 @@ use lapin::types::{AMQPValue, FieldArray, FieldTable};
 use uuid::Uuid;
 
 use crate::harness::ledger::{Ledger, Webhook};
+use crate::harness::process::ServeProcess;
 use crate::harness::proxy::Proxy;
 use crate::harness::rabbit::channels_of_connection;
 use crate::harness::seed::{decision, signed_with, time};
@@ -458,5 +459,54 @@ async fn publish_timeouts_give_up_channels_never_the_connection() {
     assert!(
         channels <= 130,
         "{channels} channels open on the connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returned_webhooks_are_spooled_and_their_bodies_never_logged() {
+    const N: usize = 5;
+    let app = TestApp::run().await;
+    let v = app.seed_verification(Integration::Eu, "returned").await;
+    let serve = ServeProcess::start(&app.config).await;
+    // kyc.webhooks deleted: the exchange routes a webhook nowhere and the broker returns it
+    // (lapin logs a returned message at WARN, body and headers included, unless told not to).
+    assert_eq!(
+        app.peek()
+            .delete_queue(&app.config.topology().main_queue())
+            .await,
+        0
+    );
+    let ledger = Ledger::new("returned webhooks", &serve.base_url, WAIT);
+    for i in 0..N {
+        let body = decision("returned", Some(&format!("a{i}")), "review", &time(1), None);
+        assert!(ledger.send(&Webhook::signed("decision", body)).await);
+    }
+    // Spooled, the queue declared again, relayed and applied.
+    let report = ledger.settle(app.db(), WAIT).await;
+    assert_eq!((report.other, report.applied), (0, N));
+    app.wait_inputs(v, 1 + i64::try_from(N).expect("N")).await;
+
+    let log = std::fs::read_to_string(&serve.log).expect("the serve log");
+    assert!(
+        log.contains("webhook spooled"),
+        "the returned webhooks went to the spool: {log}"
+    );
+    // lapin would print the body as a list of byte values: look for both forms.
+    for personal in [
+        "MCTESTFACE",
+        "TESTY",
+        "1990-01-31",
+        "TEST0000001",
+        "192.0.2.10",
+    ] {
+        let as_bytes: Vec<String> = personal.bytes().map(|b| b.to_string()).collect();
+        assert!(
+            !log.contains(personal) && !log.contains(&as_bytes.join(", ")),
+            "{personal} in the log of kyc serve"
+        );
+    }
+    assert!(
+        !log.contains("returned us a message"),
+        "lapin's log of a returned message (body and headers) reached the log"
     );
 }

@@ -72,14 +72,15 @@ impl Drop for WorkerProcess {
 }
 
 /// A running `kyc serve` on a port of its own; killed (SIGKILL) when dropped. Its logs go to a
-/// file under the target's temporary folder (named in the test's output).
-#[allow(dead_code, reason = "used by the fault suite (tests/faults) only")]
+/// file under the target's temporary folder (named in the test's output), kept if the test
+/// fails.
 pub struct ServeProcess {
     child: Child,
     pub base_url: String,
+    /// Its stderr: the logs, in `KYC_LOG_FORMAT=pretty`.
+    pub log: std::path::PathBuf,
 }
 
-#[allow(dead_code, reason = "used by the fault suite (tests/faults) only")]
 impl ServeProcess {
     /// Starts `kyc serve` on the deployment `config` describes, and waits until it is ready.
     pub async fn start(config: &Config) -> Self {
@@ -108,6 +109,7 @@ impl ServeProcess {
         let serve = Self {
             child,
             base_url: format!("http://{addr}"),
+            log,
         };
         let http = reqwest::Client::new();
         super::eventually(Duration::from_secs(20), "kyc serve to be ready", || async {
@@ -123,6 +125,7 @@ impl ServeProcess {
     }
 
     /// SIGKILL: no shutdown path runs, whatever the process was doing.
+    #[allow(dead_code, reason = "used by the fault suite (tests/faults) only")]
     pub fn kill(&mut self) {
         self.child.kill().expect("SIGKILL kyc serve");
         self.child.wait().expect("reap the killed kyc serve");
@@ -133,6 +136,10 @@ impl Drop for ServeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Kept for a test that failed, to read.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
