@@ -73,7 +73,7 @@ async fn kyc_serve_killed_with_requests_in_flight() {
     let fault = async {
         for kill in 1..=2_u64 {
             eventually(Duration::from_secs(60), "requests in flight", || async {
-                (ledger.answered_ok() >= 400 * kill && ledger.in_flight() >= 3).then_some(())
+                (ledger.answered_ok() >= 400 * kill && ledger.in_flight() > 0).then_some(())
             })
             .await;
             serve.kill();
