@@ -62,10 +62,11 @@ struct Inner {
     connected: watch::Sender<u64>,
     /// An unroutable publish asks the supervisor to declare the topology again.
     redeclare: Notify,
-    /// Counts the times the topology was declared again on a live connection. A queue was
-    /// missing, so a consumer may be attached to a queue that no longer exists: RabbitMQ does
-    /// not always send `basic.cancel` when a quorum queue is deleted.
-    redeclared: watch::Sender<u64>,
+    /// Bumped to have every consumer of this process consume anew: after the topology was
+    /// declared again (a queue was missing, so a consumer may be attached to a queue that no
+    /// longer exists: RabbitMQ does not always send `basic.cancel` when a quorum queue is
+    /// deleted), or when a queue this process consumes shows no consumer.
+    resubscribe: watch::Sender<u64>,
     stop: CancellationToken,
     /// The supervisor, awaited by `close` so that the connection is closed cleanly.
     supervisor: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -98,7 +99,7 @@ impl Broker {
             return Err(BadUrl("no broker address".into()));
         }
         let (connected, _) = watch::channel(0);
-        let (redeclared, _) = watch::channel(0);
+        let (resubscribe, _) = watch::channel(0);
         let inner = Arc::new(Inner {
             urls,
             name: name.to_owned(),
@@ -106,7 +107,7 @@ impl Broker {
             link: RwLock::new(None),
             connected,
             redeclare: Notify::new(),
-            redeclared,
+            resubscribe,
             stop,
             supervisor: Mutex::new(None),
         });
@@ -147,11 +148,16 @@ impl Broker {
         self.current().map(|link| link.connection)
     }
 
-    /// Changes each time the topology is declared again after an unroutable publish: a
-    /// consumer then consumes anew, in case its queue was deleted and declared again without
-    /// the broker telling it.
-    pub fn redeclarations(&self) -> watch::Receiver<u64> {
-        self.inner.redeclared.subscribe()
+    /// Changes when this process's consumers should consume anew (see [`Self::resubscribe`]).
+    pub fn resubscriptions(&self) -> watch::Receiver<u64> {
+        self.inner.resubscribe.subscribe()
+    }
+
+    /// Asks this process's consumers to consume anew, on the same connection: their queue may
+    /// have been deleted and declared again without the broker telling them. Done after every
+    /// declaration of the topology that follows an unroutable publish.
+    pub fn resubscribe(&self) {
+        self.inner.resubscribe.send_modify(|n| *n += 1);
     }
 
     /// Waits until connected, and returns the connection (e.g. to open consumer channels).
@@ -382,7 +388,7 @@ async fn supervise(inner: Arc<Inner>) {
                 inner.redeclare.notified().await;
                 match declare(&connection, &inner.topology).await {
                     Ok(()) => {
-                        inner.redeclared.send_modify(|n| *n += 1);
+                        inner.resubscribe.send_modify(|n| *n += 1);
                         tracing::info!("declared the topology again after an unroutable publish")
                     }
                     Err(error) => {

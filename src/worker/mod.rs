@@ -239,12 +239,12 @@ impl Worker {
             .await?;
         let slots = Arc::new(Semaphore::new(batches));
         let in_flight = TaskTracker::new();
-        let mut redeclared = self.broker.redeclarations();
+        let mut resubscribe = self.broker.resubscriptions();
         let outcome = loop {
             let first = tokio::select! {
                 () = stop.cancelled() => break Ok(()),
-                Ok(()) = redeclared.changed() => {
-                    tracing::info!("the topology was declared again; consuming anew");
+                Ok(()) = resubscribe.changed() => {
+                    tracing::info!("consuming anew (the queue may have been deleted and declared again)");
                     break Ok(());
                 }
                 next = consumer.next() => next,

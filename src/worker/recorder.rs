@@ -59,7 +59,7 @@ impl Worker {
                 FieldTable::default(),
             )
             .await?;
-        let mut redeclared = self.broker.redeclarations();
+        let mut resubscribe = self.broker.resubscriptions();
         let outcome = loop {
             tokio::select! {
                 () = stop.cancelled() => break Ok(()),
@@ -67,7 +67,7 @@ impl Worker {
                 // RabbitMQ does not always say so: record the letters this consumer already
                 // holds (they were delivered; their queue may be gone), then consume anew.
                 // No basic.cancel: for a consumer of a deleted queue it may never be answered.
-                Ok(()) = redeclared.changed() => {
+                Ok(()) = resubscribe.changed() => {
                     while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
                         self.record_one(&delivery, stop).await;
                     }
