@@ -510,3 +510,30 @@ async fn returned_webhooks_are_spooled_and_their_bodies_never_logged() {
         "lapin's log of a returned message (body and headers) reached the log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kyc_dead_deleted_and_declared_again_behind_the_recorders_back_is_consumed_again() {
+    let app = TestApp::run().await;
+    let peek = app.peek();
+    let dead = app.config.topology().dead_queue();
+    eventually(WAIT, "the recorder consuming", || async {
+        (peek.consumers(&dead).await == 1).then_some(())
+    })
+    .await;
+    // Deleted and declared again by someone else (another replica, an operator): no move of
+    // this process finds it missing, so only the broker's basic.cancel (which RabbitMQ does
+    // not always send) or the worker's own check of its queues' consumers can tell it.
+    peek.delete_queue(&dead).await;
+    peek.declare_topology().await;
+    let body = decision("behind", Some("a1"), "rejected-by-mars", &time(1), None);
+    let headers = dead_letter_headers(Uuid::new_v4(), "UNKNOWN_STATUS");
+    peek.publish_to_queue(&dead, persistent("behind-id", headers), &body)
+        .await;
+    let letter = app.wait_dead_letter().await;
+    assert_eq!(letter.message_id.as_deref(), Some("behind-id"));
+    assert_eq!(
+        peek.consumers(&dead).await,
+        1,
+        "one recorder consuming again"
+    );
+}

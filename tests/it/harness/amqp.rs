@@ -151,6 +151,12 @@ impl QueuePeek {
         assert_eq!(confirmation, Confirmation::Ack(None), "routed into {queue}");
     }
 
+    /// Declares the test's topology (as any kyc process does when it connects).
+    pub async fn declare_topology(&self) {
+        let (_conn, ch) = channel().await;
+        self.topology.declare(&ch).await.expect("topology declared");
+    }
+
     /// Declares a classic queue with `arguments` (in place of one of kyc's, which a test
     /// deleted).
     pub async fn declare_classic(&self, queue: &str, arguments: FieldTable) {
