@@ -193,7 +193,7 @@ async fn deleting_the_dead_letter_queue_under_a_stream_never_stops_the_recorder(
     };
     let ((), (destroyed, deletions)) = tokio::join!(stream, delete_meanwhile);
     assert!(
-        deletions >= 3,
+        deletions >= 2,
         "kyc.dead deleted {deletions} times under the stream"
     );
 
