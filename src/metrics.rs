@@ -15,7 +15,9 @@ pub struct Metrics {
     pub webhooks: IntCounterVec,
     /// Time from publishing a webhook to the broker's confirm.
     pub publish_confirm_seconds: HistogramVec,
-    /// Worker outcomes: applied, duplicate, retried, dead_lettered (with the reason), db_unavailable.
+    /// Worker outcomes: applied, duplicate, retried, dead_lettered (with the reason),
+    /// requeued (a move to a retry tier or the dead-letter queue failed: the message went back
+    /// to the main queue, with the reason it was being moved for), db_unavailable.
     pub worker_messages: IntCounterVec,
     /// Time from a webhook's receipt to the commit that applied it.
     pub apply_seconds: Histogram,

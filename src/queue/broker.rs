@@ -83,6 +83,11 @@ struct Inner {
     connected: watch::Sender<u64>,
     /// An unroutable publish asks the supervisor to declare the topology again.
     redeclare: Notify,
+    /// Bumped to have every consumer of this process consume anew: after the topology was
+    /// declared again (a queue was missing, so a consumer may be attached to a queue that no
+    /// longer exists: RabbitMQ does not always send `basic.cancel` when a quorum queue is
+    /// deleted), or when a queue this process consumes shows no consumer.
+    resubscribe: watch::Sender<u64>,
     stop: CancellationToken,
     /// The supervisor, awaited by `close` so that the connection is closed cleanly.
     supervisor: StdMutex<Option<tokio::task::JoinHandle<()>>>,
@@ -115,6 +120,7 @@ impl Broker {
             return Err(BadUrl("no broker address".into()));
         }
         let (connected, _) = watch::channel(0);
+        let (resubscribe, _) = watch::channel(0);
         let inner = Arc::new(Inner {
             urls,
             name: name.to_owned(),
@@ -122,6 +128,7 @@ impl Broker {
             link: RwLock::new(None),
             connected,
             redeclare: Notify::new(),
+            resubscribe,
             stop,
             supervisor: StdMutex::new(None),
         });
@@ -160,6 +167,18 @@ impl Broker {
     /// The connection if there is one now, without waiting.
     pub fn connection_now(&self) -> Option<Arc<Connection>> {
         self.current().map(|link| link.connection)
+    }
+
+    /// Changes when this process's consumers should consume anew (see [`Self::resubscribe`]).
+    pub fn resubscriptions(&self) -> watch::Receiver<u64> {
+        self.inner.resubscribe.subscribe()
+    }
+
+    /// Asks this process's consumers to consume anew, on the same connection: their queue may
+    /// have been deleted and declared again without the broker telling them. Done after every
+    /// declaration of the topology that follows an unroutable publish.
+    pub fn resubscribe(&self) {
+        self.inner.resubscribe.send_modify(|n| *n += 1);
     }
 
     /// Waits until connected, and returns the connection (e.g. to open consumer channels).
@@ -420,6 +439,14 @@ async fn supervise(inner: Arc<Inner>) {
         let lost = async {
             while let Some(event) = events.next().await {
                 if let Event::Error(error) = event {
+                    // lapin reports a channel closed by the broker (a consumer's queue
+                    // deleted, a passive declare of a missing queue) here too: that channel's
+                    // owner sees it and opens another; the connection and everything else on
+                    // it carry on.
+                    if error.is_amqp_soft_error() && connection.status().connected() {
+                        tracing::debug!(error = %chain(&error), "the broker closed a channel");
+                        continue;
+                    }
                     tracing::warn!(error = %chain(&error), "broker connection failed");
                     return;
                 }
@@ -430,6 +457,7 @@ async fn supervise(inner: Arc<Inner>) {
                 inner.redeclare.notified().await;
                 match declare(&connection, &inner.topology).await {
                     Ok(()) => {
+                        inner.resubscribe.send_modify(|n| *n += 1);
                         tracing::info!("declared the topology again after an unroutable publish")
                     }
                     Err(error) => {

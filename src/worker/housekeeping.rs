@@ -21,11 +21,22 @@ impl Worker {
         let mut gauges = tokio::time::interval(GAUGES_EVERY);
         let mut retention = tokio::time::interval(RETENTION_EVERY);
         let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
+        // Whether the last sample found a queue this worker consumes without any consumer.
+        let mut unconsumed = false;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = gauges.tick() => {
-                    self.sample_queue_depths().await;
+                    let now = self.sample_queue_depths().await;
+                    if now && unconsumed {
+                        // Twice in a row: this process's consumer is likely attached to a
+                        // queue that was deleted and declared again without the broker
+                        // telling it (by another replica, or by hand). Harmless if it was
+                        // only reconnecting.
+                        tracing::warn!("a queue this worker consumes has no consumer; consuming anew");
+                        self.broker.resubscribe();
+                    }
+                    unconsumed = now;
                     self.sample_dead_letters().await;
                 }
                 _ = retention.tick() => match self.forget_expired_bodies().await {
@@ -48,14 +59,19 @@ impl Worker {
         }
     }
 
-    async fn sample_queue_depths(&self) {
+    /// Samples the depth of every queue; returns whether the main or the dead-letter queue
+    /// (those this worker consumes) had no consumer at all.
+    async fn sample_queue_depths(&self) -> bool {
         let Some(connection) = self.broker.connection_now() else {
-            return;
+            return false;
         };
         let Ok(channel) = connection.create_channel().await else {
-            return;
+            return false;
         };
-        for queue in self.broker.topology().queues() {
+        let topology = self.broker.topology();
+        let consumed = [topology.main_queue(), topology.dead_queue()];
+        let mut unconsumed = false;
+        for queue in topology.queues() {
             let passive = QueueDeclareOptions {
                 passive: true,
                 ..QueueDeclareOptions::default()
@@ -64,15 +80,18 @@ impl Worker {
                 .queue_declare(queue.as_str().into(), passive, FieldTable::default())
                 .await
             {
-                Ok(declared) => self
-                    .metrics
-                    .queue_depth
-                    .with_label_values(&[&queue])
-                    .set(i64::from(declared.message_count())),
+                Ok(declared) => {
+                    self.metrics
+                        .queue_depth
+                        .with_label_values(&[&queue])
+                        .set(i64::from(declared.message_count()));
+                    unconsumed |= declared.consumer_count() == 0 && consumed.contains(&queue);
+                }
                 Err(_) => break, // a failed passive declare closes the channel
             }
         }
         let _ = channel.close(200, "sampled".into()).await;
+        unconsumed
     }
 
     /// Dead letters that still need action, and whether the database answers at all.

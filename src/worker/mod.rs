@@ -74,6 +74,8 @@ impl Reason {
     }
 }
 
+/// How long a consumer waits for the broker to answer a cancel or a close of its channel.
+const CHANNEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long in-flight messages may take to finish on shutdown.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
 /// How long a move to a retry tier or the dead-letter queue waits for its confirm.
@@ -237,9 +239,14 @@ impl Worker {
             .await?;
         let slots = Arc::new(Semaphore::new(batches));
         let in_flight = TaskTracker::new();
+        let mut resubscribe = self.broker.resubscriptions();
         let outcome = loop {
             let first = tokio::select! {
                 () = stop.cancelled() => break Ok(()),
+                Ok(()) = resubscribe.changed() => {
+                    tracing::info!("consuming anew (the queue may have been deleted and declared again)");
+                    break Ok(());
+                }
                 next = consumer.next() => next,
             };
             let mut batch = Vec::with_capacity(batch_size);
@@ -276,10 +283,10 @@ impl Worker {
                 break Err(error);
             }
         };
-        // Stop taking messages, then let the batches being applied finish and ack.
-        let _ = channel
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await;
+        // Stop taking messages, then let the batches being applied finish and ack. (The
+        // broker may never answer the cancel of a consumer whose queue was deleted.)
+        let cancel = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
+        let _ = tokio::time::timeout(CHANNEL_TIMEOUT, cancel).await;
         in_flight.close();
         if tokio::time::timeout(DRAIN_DEADLINE, in_flight.wait())
             .await
@@ -289,7 +296,7 @@ impl Worker {
                 "in-flight messages did not finish before the deadline; they will be redelivered"
             );
         }
-        let _ = channel.close(200, "worker stopping".into()).await;
+        close_channel(&channel, "worker stopping").await;
         outcome
     }
 
@@ -402,6 +409,11 @@ impl Worker {
                 }
             }
             Err(error) => {
+                let reason = match &outcome {
+                    Outcome::Retry(reason) | Outcome::Dead(reason) => reason.as_str(),
+                    Outcome::Applied { .. } | Outcome::Duplicate => "",
+                };
+                self.count("requeued", reason);
                 tracing::warn!(error = %chain(&error), "could not move the message; it goes back to the queue");
                 tokio::select! {
                     () = tokio::time::sleep(REQUEUE_PAUSE) => {}
@@ -430,6 +442,12 @@ impl Worker {
 
 fn consumer_closed() -> lapin::Error {
     lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Closed, "consumer").into()
+}
+
+/// Closes a consumer's channel, without waiting long for the broker's answer: the channel is
+/// given up either way, and a consumer must not hang on a broker in trouble.
+async fn close_channel(channel: &Channel, why: &str) {
+    let _ = tokio::time::timeout(CHANNEL_TIMEOUT, channel.close(200, why.into())).await;
 }
 
 /// A channel with a prefetch limit, for a consumer loop.

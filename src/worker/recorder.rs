@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::Connection;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
@@ -18,7 +18,7 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Reason, Worker, consumer_closed, open_channel};
+use super::{Reason, Worker, close_channel, consumer_closed, open_channel};
 use crate::backoff::Backoff;
 use crate::error::chain;
 use crate::queue::Message;
@@ -59,9 +59,20 @@ impl Worker {
                 FieldTable::default(),
             )
             .await?;
+        let mut resubscribe = self.broker.resubscriptions();
         let outcome = loop {
             tokio::select! {
                 () = stop.cancelled() => break Ok(()),
+                // kyc.dead may have been deleted and declared again under this consumer, and
+                // RabbitMQ does not always say so: record the letters this consumer already
+                // holds (they were delivered; their queue may be gone), then consume anew.
+                // No basic.cancel: for a consumer of a deleted queue it may never be answered.
+                Ok(()) = resubscribe.changed() => {
+                    while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
+                        self.record_one(&delivery, stop).await;
+                    }
+                    break Ok(());
+                }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => self.record_one(&delivery, stop).await,
                     Some(Err(error)) => break Err(error),
@@ -69,7 +80,7 @@ impl Worker {
                 }
             }
         };
-        let _ = channel.close(200, "recorder stopping".into()).await;
+        close_channel(&channel, "recorder stopping").await;
         outcome
     }
 

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use kyc::veriff::integration::Integration;
 
-use crate::harness::process::{ServeProcess, WorkerProcess};
+use crate::harness::process::{ServeChild, WorkerProcess};
 use crate::harness::proxy::Proxy;
 use crate::harness::registration::{OnboardingSpec, REGISTER, problem};
 use crate::harness::seed::{decision, time};
@@ -75,8 +75,8 @@ async fn a_failed_statement_is_500_internal_and_the_log_has_its_cause_chain() {
     .await
     .expect("a verification of an unknown region");
 
-    let (serve, logs) = ServeProcess::start_logged(&app.config);
-    ServeProcess::wait_ready(&app.http, &serve.base_url).await;
+    let (serve, logs) = ServeChild::start_logged(&app.config);
+    ServeChild::wait_ready(&app.http, &serve.base_url).await;
     let register = |onboarding: Uuid, request_id: &'static str| {
         app.http
             .post(format!("{}{REGISTER}", serve.base_url))

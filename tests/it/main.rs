@@ -6,6 +6,7 @@ mod cross_session;
 mod database_tls;
 mod deploy;
 mod errors;
+mod forward_faults;
 mod harness;
 mod ingest;
 mod migrate;

@@ -16,7 +16,7 @@ use kyc::veriff::integration::Integration;
 use kyc::veriff::signature::sign;
 
 use crate::harness::fake_veriff::{FakeVeriff, Mode};
-use crate::harness::process::ServeProcess;
+use crate::harness::process::ServeChild;
 use crate::harness::registration::{
     OnboardingSpec, SessionAnswer, VERIFF_TIMEOUT, polled, problem, session_answer,
 };
@@ -758,8 +758,8 @@ async fn a_revoked_key_is_refused_by_every_serve_within_a_second() {
     let client = app.seed_client(false).await;
     let onboarding = app.seed_ready_onboarding(&client).await;
     let replicas = [
-        ServeProcess::start(&app.config),
-        ServeProcess::start(&app.config),
+        ServeChild::start(&app.config),
+        ServeChild::start(&app.config),
     ];
     let bases: Vec<String> = std::iter::once(app.base_url.clone())
         .chain(replicas.iter().map(|r| r.base_url.clone()))
@@ -779,7 +779,7 @@ async fn a_revoked_key_is_refused_by_every_serve_within_a_second() {
         }
     };
     for base in &bases {
-        ServeProcess::wait_ready(&app.http, base).await;
+        ServeChild::wait_ready(&app.http, base).await;
         // Used twice, so that the key is cached in every process.
         assert_eq!(status_of(base.clone()).await, 200);
         assert_eq!(status_of(base.clone()).await, 200);

@@ -47,6 +47,22 @@ impl QueuePeek {
         (declared.message_count(), declared.consumer_count())
     }
 
+    /// Messages ready in `queue`, or `None` if it does not exist (now).
+    pub async fn try_count(&self, queue: &str) -> Option<u32> {
+        let (_conn, ch) = channel().await;
+        ch.queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .ok()
+        .map(|declared| declared.message_count())
+    }
+
     /// Messages ready in `queue`.
     pub async fn count(&self, queue: &str) -> u32 {
         self.declare_passive(queue).await.0
@@ -54,6 +70,11 @@ impl QueuePeek {
 
     pub async fn main_count(&self) -> u32 {
         self.count(&self.topology.main_queue()).await
+    }
+
+    /// Consumers of `queue`.
+    pub async fn consumers(&self, queue: &str) -> u32 {
+        self.declare_passive(queue).await.1
     }
 
     /// Consumers of the main queue (one per live worker).
@@ -103,6 +124,55 @@ impl QueuePeek {
             Confirmation::Ack(None),
             "the broker took and routed the message"
         );
+    }
+
+    /// Publishes straight into `queue` through the default exchange, with a confirm: e.g. a
+    /// message into the dead-letter queue, as the broker or a worker would leave it there.
+    pub async fn publish_to_queue(&self, queue: &str, properties: BasicProperties, body: &[u8]) {
+        let (_conn, ch) = channel().await;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+        let confirmation = ch
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .expect("basic.publish")
+            .await
+            .expect("publisher confirm");
+        assert_eq!(confirmation, Confirmation::Ack(None), "routed into {queue}");
+    }
+
+    /// Declares the test's topology (as any kyc process does when it connects).
+    pub async fn declare_topology(&self) {
+        let (_conn, ch) = channel().await;
+        self.topology.declare(&ch).await.expect("topology declared");
+    }
+
+    /// Declares a classic queue with `arguments` (in place of one of kyc's, which a test
+    /// deleted).
+    pub async fn declare_classic(&self, queue: &str, arguments: FieldTable) {
+        let (_conn, ch) = channel().await;
+        ch.queue_declare(queue.into(), QueueDeclareOptions::durable(), arguments)
+            .await
+            .expect("queue.declare");
+    }
+
+    /// Deletes `queue` (as an operator might, by mistake) and returns how many ready
+    /// messages were deleted with it.
+    pub async fn delete_queue(&self, queue: &str) -> u32 {
+        let (_conn, ch) = channel().await;
+        ch.queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await
+            .expect("queue.delete")
     }
 
     /// Takes (and acks) every message now in `queue`.

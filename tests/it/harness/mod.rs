@@ -4,8 +4,10 @@
 pub mod amqp;
 pub mod db;
 pub mod fake_veriff;
+pub mod ledger;
 pub mod process;
 pub mod proxy;
+pub mod rabbit;
 pub mod registration;
 pub mod seed;
 pub mod spawned;
@@ -332,8 +334,10 @@ impl Drop for TestApp {
 
 /// The service's logs go through the test writer: shown for a failing test, captured otherwise.
 fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let base = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    // As in the service: lapin's log of returned messages carries bodies (personal data).
+    let filter =
+        tracing_subscriber::EnvFilter::new(format!("{base},{}", kyc::telemetry::REDACTIONS));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_test_writer()

@@ -1,7 +1,8 @@
-//! The real `kyc worker` binary as a child process, configured through the environment
-//! exactly as a deployment would be, so that a test can kill it with SIGKILL.
+//! The real `kyc worker` and `kyc serve` binaries as child processes, configured through the
+//! environment exactly as a deployment would be, so that a test can kill them with SIGKILL.
 
 use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -85,6 +86,78 @@ impl Drop for WorkerProcess {
     }
 }
 
+/// A running `kyc serve` on a port of its own; killed (SIGKILL) when dropped. Its logs go to a
+/// file under the target's temporary folder (named in the test's output), kept if the test
+/// fails.
+pub struct ServeProcess {
+    child: Child,
+    pub base_url: String,
+    /// Its stderr: the logs, in `KYC_LOG_FORMAT=pretty`.
+    pub log: std::path::PathBuf,
+}
+
+impl ServeProcess {
+    /// Starts `kyc serve` on the deployment `config` describes, and waits until it is ready.
+    pub async fn start(config: &Config) -> Self {
+        // A free port: bound, then released for the child (a race with nothing in practice).
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "{}-serve-{}.log",
+            config.queue_prefix,
+            addr.port()
+        ));
+        let stderr = std::fs::File::create(&log).expect("serve log file");
+        let child = kyc_command(config)
+            .arg("serve")
+            .env("KYC_HTTP_ADDR", addr.to_string())
+            .env(
+                "KYC_PUBLISH_TIMEOUT",
+                format!("{}ms", config.publish_timeout.as_millis()),
+            )
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("the kyc binary starts");
+        eprintln!("kyc serve on {addr}, logging to {}", log.display());
+        let serve = Self {
+            child,
+            base_url: format!("http://{addr}"),
+            log,
+        };
+        let http = reqwest::Client::new();
+        super::eventually(Duration::from_secs(20), "kyc serve to be ready", || async {
+            let r = http
+                .get(format!("{}/readyz", serve.base_url))
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await;
+        serve
+    }
+
+    /// SIGKILL: no shutdown path runs, whatever the process was doing.
+    #[allow(dead_code, reason = "used by the fault suite (tests/faults) only")]
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL kyc serve");
+        self.child.wait().expect("reap the killed kyc serve");
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Kept for a test that failed, to read.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
 /// `kyc …` as an operator runs it against the deployment `config` describes: the same
 /// database, broker, queue prefix, secrets and policy as `harness::test_config`, through the
 /// environment only (other `KYC_…` variables of the test process are removed). Add the
@@ -135,14 +208,14 @@ pub fn kyc_command(config: &Config) -> Command {
     command
 }
 
-/// A running `kyc serve` of the deployment `config` describes, on a port of its own; killed
-/// (SIGKILL) when dropped.
-pub struct ServeProcess {
+/// A `kyc serve` of the deployment `config` describes, on a port of its own, started without
+/// waiting for it (see [`ServeChild::wait_ready`]); killed (SIGKILL) when dropped.
+pub struct ServeChild {
     child: Child,
     pub base_url: String,
 }
 
-impl ServeProcess {
+impl ServeChild {
     pub fn start(config: &Config) -> Self {
         Self::spawn(config, false).0
     }
@@ -188,7 +261,7 @@ impl ServeProcess {
     }
 }
 
-impl Drop for ServeProcess {
+impl Drop for ServeChild {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
