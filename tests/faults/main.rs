@@ -22,6 +22,7 @@ mod database;
 mod nodes;
 mod processes;
 mod replay;
+mod tls;
 
 use std::sync::LazyLock;
 use std::time::Duration;

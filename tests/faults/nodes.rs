@@ -57,11 +57,13 @@ fn start_main_node() {
     eprintln!("the main RabbitMQ node did not take connections again within {NODE_START:?}");
 }
 
-/// One node of the suite's cluster.
+/// One node of the suite's own (a cluster's, or the TLS node).
 pub struct Node {
     pub name: String,
     pub amqp_port: u16,
     dir: PathBuf,
+    /// Extra lines of its rabbitmq.conf (a TLS listener).
+    extra_config: String,
 }
 
 impl Node {
@@ -97,8 +99,8 @@ impl Node {
         std::fs::write(
             &config,
             format!(
-                "listeners.tcp.local = 127.0.0.1:{}\nloopback_users = none\n",
-                self.amqp_port
+                "listeners.tcp.local = 127.0.0.1:{}\nloopback_users = none\n{}",
+                self.amqp_port, self.extra_config
             ),
         )
         .expect("node configuration");
@@ -209,6 +211,7 @@ impl Cluster {
                 name: format!("kycc{n}@localhost"),
                 amqp_port: 5690 + n,
                 dir: root.join(format!("kycc{n}")),
+                extra_config: String::new(),
             })
             .collect();
         // The guard exists before any node does, so that every one started is stopped.
@@ -292,6 +295,7 @@ impl Drop for Cluster {
                     name: node.name.clone(),
                     amqp_port: node.amqp_port,
                     dir: node.dir.clone(),
+                    extra_config: String::new(),
                 };
                 std::thread::spawn(move || node.stop())
             })
@@ -299,6 +303,132 @@ impl Drop for Cluster {
         for stop in stops {
             let _ = stop.join();
         }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// A RabbitMQ node `kycc9@localhost` with a TLS listener on 127.0.0.1:5696 (and plain AMQP on
+/// 5695), its certificate issued by a CA made for the test, for `localhost` only. Dropping it
+/// stops the node by name and removes its folder, even after a panic.
+pub struct TlsNode {
+    pub node: Node,
+    pub tls_port: u16,
+    /// The CA that issued the node's certificate (PEM).
+    pub ca: PathBuf,
+    /// Another CA, which issued nothing the node shows.
+    pub other_ca: PathBuf,
+    root: PathBuf,
+}
+
+impl TlsNode {
+    pub async fn start() -> Self {
+        let root = std::env::temp_dir().join(format!("kyc-tls-{}", uuid::Uuid::new_v4().simple()));
+        let certs = root.join("certs");
+        std::fs::create_dir_all(&certs).expect("certificate folder");
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&certs)
+                .output()
+                .expect("openssl runs");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        for ca in ["ca", "other-ca"] {
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                &format!("/CN=kyc test {ca}"),
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+            ]);
+        }
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(
+            certs.join("server.ext"),
+            "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("extensions");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ]);
+        let tls_port = 5696;
+        let path = |name: &str| certs.join(name).display().to_string();
+        let node = Node {
+            name: "kycc9@localhost".to_owned(),
+            amqp_port: 5695,
+            dir: root.join("kycc9"),
+            extra_config: format!(
+                "listeners.ssl.local = 127.0.0.1:{tls_port}\n\
+                 ssl_options.cacertfile = {}\n\
+                 ssl_options.certfile = {}\n\
+                 ssl_options.keyfile = {}\n\
+                 ssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
+                path("ca.pem"),
+                path("server.pem"),
+                path("server.key")
+            ),
+        };
+        let tls = Self {
+            node,
+            tls_port,
+            ca: certs.join("ca.pem"),
+            other_ca: certs.join("other-ca.pem"),
+            root,
+        };
+        chown_to_rabbitmq(&tls.root);
+        tls.node.launch();
+        tls.node.await_startup().await;
+        tls
+    }
+
+    /// `amqps://guest:guest@HOST:5696/%2f`, with `cacertfile` when given.
+    pub fn amqps_url(&self, host: &str, ca: Option<&Path>) -> String {
+        let query = ca.map_or_else(String::new, |ca| format!("?cacertfile={}", ca.display()));
+        format!("amqps://guest:guest@{host}:{}/%2f{query}", self.tls_port)
+    }
+}
+
+impl Drop for TlsNode {
+    fn drop(&mut self) {
+        self.node.stop();
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }
