@@ -10,6 +10,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::integration::{Integration, Integrations};
+use crate::backoff::Backoff;
 use super::signature::sign;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -124,6 +125,7 @@ impl VeriffClient {
         }
         let url = format!("{}/v1/sessions", self.base(integration));
         let mut attempt = 0;
+        let mut backoff = Backoff::new();
         let response = loop {
             attempt += 1;
             let sent = self
@@ -136,7 +138,7 @@ impl VeriffClient {
             match sent {
                 Ok(response) => break response,
                 Err(e) if e.is_connect() && attempt < CONNECT_ATTEMPTS => {
-                    tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await;
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(e) => return Err(classify(&e)),
             }
