@@ -235,7 +235,7 @@ impl Service {
     }
 
     /// Runs until SIGINT or SIGTERM, or until a task ends; then stops everything gracefully.
-    pub async fn run_until_signal(mut self) -> Result<(), BoxError> {
+    pub(crate) async fn run_until_signal(mut self) -> Result<(), BoxError> {
         let outcome = tokio::select! {
             () = shutdown_signal() => {
                 tracing::info!("shutting down");

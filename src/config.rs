@@ -271,7 +271,7 @@ impl Config {
     /// The configuration as the roles read it: an optional setting given as an empty string
     /// (as a ConfigMap or a compose file often gives it) counts as not set, and a secret
     /// still holding the template's placeholder stops start-up, naming its variable.
-    pub fn normalized(mut self) -> Result<Self, ConfigError> {
+    pub(crate) fn normalized(mut self) -> Result<Self, ConfigError> {
         fn text(value: &mut Option<String>) {
             if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
                 *value = None;
@@ -446,7 +446,7 @@ impl Config {
     }
 
     /// Veriff's API; under `--dev`, unless pointed elsewhere on loopback, the local stand-in.
-    pub fn veriff_base_url(&self, http_addr: SocketAddr) -> String {
+    pub(crate) fn veriff_base_url(&self, http_addr: SocketAddr) -> String {
         if self.dev && self.veriff_base_url == VERIFF_BASE_URL {
             format!("http://{http_addr}/dev/veriff")
         } else {
@@ -464,7 +464,7 @@ impl Config {
     /// `--dev` runs with public development secrets, so it must never reach anything real.
     /// Addresses are read with the drivers' own parsers: what they will connect to, not
     /// what the URL seems to say (`postgres://127.0.0.1/kyc?host=db.prod` connects to db.prod).
-    pub fn check_dev_loopback(&self) -> Result<(), ConfigError> {
+    pub(crate) fn check_dev_loopback(&self) -> Result<(), ConfigError> {
         let listens = [Some(self.http_addr), self.ops_addr];
         if listens.into_iter().flatten().any(|a| !a.ip().is_loopback()) {
             return Err(ConfigError::NotLoopback("KYC_HTTP_ADDR or KYC_OPS_ADDR"));
@@ -518,7 +518,7 @@ fn amqp_is_loopback(url: &str) -> bool {
 }
 
 /// The host an HTTP client would connect to is this machine.
-pub fn http_is_loopback(url: &str) -> bool {
+pub(crate) fn http_is_loopback(url: &str) -> bool {
     reqwest::Url::parse(url)
         .ok()
         .and_then(|url| url.host_str().map(is_loopback_name))

@@ -34,7 +34,7 @@ impl Cipher {
         })
     }
 
-    pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
+    pub(crate) fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
         let sealed = self
             .aead

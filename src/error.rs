@@ -13,7 +13,7 @@ use crate::storage::DbError;
 use crate::veriff::signature::SignatureError;
 
 /// Any error of a role or a command, with its causes.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Displays an error with every cause after it (`a: b: c`). A driver's own message is often
 /// only in the source (tokio-postgres says "db error" at the top), so every log line and

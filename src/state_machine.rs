@@ -146,7 +146,7 @@ impl SessionStatus {
         }
     }
 
-    pub const ALL: [Self; 9] = [
+    pub(crate) const ALL: [Self; 9] = [
         Self::Created,
         Self::Started,
         Self::Submitted,

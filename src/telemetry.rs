@@ -17,7 +17,7 @@ pub fn filter(default: &str) -> EnvFilter {
         .unwrap_or_else(|_| EnvFilter::new(format!("{default},{REDACTIONS}")))
 }
 
-pub fn init(format: LogFormat, default: &str) {
+pub(crate) fn init(format: LogFormat, default: &str) {
     let filter = filter(default);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -20,7 +20,7 @@ pub fn install() {
 }
 
 /// A client builder with the TLS provider installed.
-pub fn client_builder() -> reqwest::ClientBuilder {
+pub(crate) fn client_builder() -> reqwest::ClientBuilder {
     install();
     reqwest::Client::builder()
 }
@@ -75,7 +75,10 @@ pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
 }
 
 /// A client configuration that checks what `verify` says against `roots`.
-pub fn client_config(verify: Verify, roots: RootCertStore) -> Result<ClientConfig, TlsError> {
+pub(crate) fn client_config(
+    verify: Verify,
+    roots: RootCertStore,
+) -> Result<ClientConfig, TlsError> {
     install();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))

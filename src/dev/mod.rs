@@ -1,19 +1,19 @@
 //! `--dev`: a local Veriff stand-in and the printed walk-through, so the whole flow runs on
 //! one machine with no Veriff account. Only ever on loopback, with public development secrets.
 
-pub mod guide;
+pub(crate) mod guide;
 mod standin;
 
 use std::net::SocketAddr;
 
-pub use standin::{StandIn, routes};
+pub(crate) use standin::{StandIn, routes};
 
 use crate::error::BoxError;
 use crate::veriff::integration::{Integration, Integrations};
 
 /// The stand-in, signing with the EU integration's development secret and calling the
 /// receiver at `addr`.
-pub fn standin(integrations: &Integrations, addr: SocketAddr) -> Result<StandIn, BoxError> {
+pub(crate) fn standin(integrations: &Integrations, addr: SocketAddr) -> Result<StandIn, BoxError> {
     let eu = integrations
         .get(Integration::Eu)
         .ok_or("no EU integration")?;

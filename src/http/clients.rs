@@ -62,7 +62,11 @@ impl Default for ClientKeys {
 
 impl ClientKeys {
     /// The client whose key is in the request's `x-client-key` header.
-    pub async fn resolve(&self, pool: &Pool, headers: &HeaderMap) -> Result<ApiClient, ApiError> {
+    pub(crate) async fn resolve(
+        &self,
+        pool: &Pool,
+        headers: &HeaderMap,
+    ) -> Result<ApiClient, ApiError> {
         let key = headers
             .get("x-client-key")
             .and_then(|v| v.to_str().ok())
@@ -100,7 +104,7 @@ impl ClientKeys {
 
     /// Whether changes are being announced to this process. Turning it on or off forgets
     /// everything: what changed while nobody listened is unknown.
-    pub fn set_listening(&self, listening: bool) {
+    pub(crate) fn set_listening(&self, listening: bool) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.listening.store(listening, Ordering::Release);
         self.known.invalidate_all();
@@ -153,7 +157,7 @@ impl RateLimiter {
     }
 
     /// A request of `limit` by this signed-in user.
-    pub fn check_user(&self, user: &str, limit: Limit) -> Result<(), ApiError> {
+    pub(crate) fn check_user(&self, user: &str, limit: Limit) -> Result<(), ApiError> {
         self.take(Subject::User(Sha256::digest(user.as_bytes()).into()), limit)
     }
 

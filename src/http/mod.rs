@@ -22,10 +22,10 @@ use bytes::BytesMut;
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
 
-pub use bearer::BearerAuth;
-pub use clients::{ClientKeys, RateLimiter};
-pub use ops::{Needs, Ops};
-pub use status_view::StatusView;
+pub(crate) use bearer::BearerAuth;
+pub(crate) use clients::{ClientKeys, RateLimiter};
+pub(crate) use ops::{Needs, Ops};
+pub(crate) use status_view::StatusView;
 
 use crate::crypto::Cipher;
 use crate::dev::StandIn;
@@ -39,7 +39,7 @@ use crate::veriff::client::VeriffClient;
 use crate::veriff::integration::Integrations;
 
 /// Largest webhook body accepted (DESIGN.md section 3).
-pub const BODY_LIMIT: usize = 1024 * 1024;
+pub(crate) const BODY_LIMIT: usize = 1024 * 1024;
 /// The request head must arrive within this (actix's timer, cleared once the head is in).
 const HEAD_DEADLINE: Duration = Duration::from_secs(5);
 /// The whole body must arrive within this after the head: a slow sender cannot hold a
@@ -78,7 +78,7 @@ pub struct Registration {
 }
 
 /// What this process keeps in memory and the database's change notifications invalidate.
-pub struct Views {
+pub(crate) struct Views {
     pub clients: Arc<ClientKeys>,
     pub status: Arc<StatusView>,
 }
@@ -154,7 +154,11 @@ pub fn server(
 }
 
 /// Only the operational endpoints: `kyc worker`'s listener, and KYC_OPS_ADDR.
-pub fn ops_server(ops: Arc<Ops>, listener: TcpListener, limits: Limits) -> std::io::Result<Server> {
+pub(crate) fn ops_server(
+    ops: Arc<Ops>,
+    listener: TcpListener,
+    limits: Limits,
+) -> std::io::Result<Server> {
     let with_metrics = limits.with_metrics;
     serve_with(ops, listener, limits, move |cfg| {
         ops_routes(cfg, with_metrics)

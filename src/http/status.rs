@@ -50,7 +50,7 @@ impl From<VerificationStatus> for Status {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Query {
+pub(crate) struct Query {
     onboarding_id: Option<String>,
 }
 

@@ -147,7 +147,7 @@ impl StatusView {
     }
 
     /// The epoch to pass to [`StatusView::keep`] with what is read after it.
-    pub fn epoch(&self) -> u64 {
+    pub(crate) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
 
@@ -246,7 +246,7 @@ impl StatusView {
 
     /// Whether changes reach this process. Either way, what is kept can no longer be trusted
     /// (changes may have been missed): it is dropped, and every waiter reads once more.
-    pub fn set_listening(&self, listening: bool) {
+    pub(crate) fn set_listening(&self, listening: bool) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.listening.store(listening, Ordering::Release);
         self.entries.invalidate_all();

@@ -52,7 +52,7 @@ pub(crate) fn actor() -> String {
 }
 
 /// RFC 3339, or a date (midnight UTC).
-pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+pub(crate) fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .or_else(|_| {

@@ -159,25 +159,25 @@ impl Broker {
         }
     }
 
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.current()
             .is_some_and(|l| l.connection.status().connected())
     }
 
     /// The connection if there is one now, without waiting.
-    pub fn connection_now(&self) -> Option<Arc<Connection>> {
+    pub(crate) fn connection_now(&self) -> Option<Arc<Connection>> {
         self.current().map(|link| link.connection)
     }
 
     /// Changes when this process's consumers should consume anew (see [`Self::resubscribe`]).
-    pub fn resubscriptions(&self) -> watch::Receiver<u64> {
+    pub(crate) fn resubscriptions(&self) -> watch::Receiver<u64> {
         self.inner.resubscribe.subscribe()
     }
 
     /// Asks this process's consumers to consume anew, on the same connection: their queue may
     /// have been deleted and declared again without the broker telling them. Done after every
     /// declaration of the topology that follows an unroutable publish.
-    pub fn resubscribe(&self) {
+    pub(crate) fn resubscribe(&self) {
         self.inner.resubscribe.send_modify(|n| *n += 1);
     }
 

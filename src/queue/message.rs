@@ -30,9 +30,9 @@ pub const HEADER_DEAD_REASON: &str = "kyc-dead-reason";
 pub const HEADER_DEAD_LETTER_ID: &str = "kyc-dead-letter-id";
 /// Set on every republish by an operator (`kyc dlq replay`, `kyc replay`): a new life of the
 /// same webhook, so that failing again makes a new dead letter rather than the old one.
-pub const HEADER_REPLAY: &str = "kyc-replay";
+pub(crate) const HEADER_REPLAY: &str = "kyc-replay";
 /// Set by the publisher on every publish: pairs a returned message with its own publish.
-pub const HEADER_PUBLISH_ID: &str = "kyc-publish-id";
+pub(crate) const HEADER_PUBLISH_ID: &str = "kyc-publish-id";
 
 /// The headers an operator's replay removes: the failure bookkeeping of the previous life.
 const FAILURE_HEADERS: [&str; 6] = [
@@ -140,7 +140,7 @@ impl Envelope {
 
     /// A dead letter's original message (headers as first received, failure bookkeeping
     /// removed), republished by an operator to the main queue for a new life.
-    pub fn dead_letter_replay(
+    pub(crate) fn dead_letter_replay(
         topology: &Topology,
         headers: &serde_json::Value,
         message_id: Option<&str>,
@@ -199,7 +199,7 @@ impl Envelope {
 
 /// A delivery, its headers decoded once.
 #[derive(Clone)]
-pub struct Message {
+pub(crate) struct Message {
     pub body: Bytes,
     pub message_id: Option<String>,
     pub kind: Option<Kind>,
@@ -229,7 +229,7 @@ impl fmt::Debug for Message {
 }
 
 impl Message {
-    pub fn from_delivery(delivery: &Delivery) -> Self {
+    pub(crate) fn from_delivery(delivery: &Delivery) -> Self {
         let headers = delivery.properties.headers().clone().unwrap_or_default();
         let text = |name| header_str(&headers, name);
         Self {
@@ -253,20 +253,25 @@ impl Message {
     }
 
     /// The headers as JSON, as the dead-letter table keeps them.
-    pub fn headers_json(&self) -> serde_json::Value {
+    pub(crate) fn headers_json(&self) -> serde_json::Value {
         headers_to_json(&self.headers)
     }
 
     /// The same message into a retry tier (through the default exchange), one more failure
     /// counted.
-    pub fn to_retry(&self, queue: String, now: DateTime<Utc>) -> Envelope {
+    pub(crate) fn to_retry(&self, queue: String, now: DateTime<Utc>) -> Envelope {
         self.moved(queue, self.with_failure(now))
     }
 
     /// The same message into the dead-letter queue, with its reason and a dead-letter id that
     /// is the same however often this delivery is dead-lettered (a lost ack means a
     /// redelivery, which must not make a second dead letter).
-    pub fn to_dead(&self, queue: String, reason: &str, now: DateTime<Utc>) -> (Envelope, Uuid) {
+    pub(crate) fn to_dead(
+        &self,
+        queue: String,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> (Envelope, Uuid) {
         let id = self.dead_letter_id_for(reason);
         let mut headers = self.with_failure(now);
         put(&mut headers, HEADER_DEAD_REASON, reason);
@@ -319,7 +324,7 @@ impl Message {
 
     /// The broker's own dead letter (a message past the main queue's delivery limit) has no
     /// id of ours: one derived from what is the same on every redelivery.
-    pub fn broker_dead_letter_id(&self) -> Uuid {
+    pub(crate) fn broker_dead_letter_id(&self) -> Uuid {
         let mut hash = Sha256::new();
         hash.update(self.message_id.as_deref().unwrap_or_default().as_bytes());
         // x-death carries the time of the broker's dead-lettering: a later death is a new letter.

@@ -5,5 +5,6 @@ pub mod message;
 pub mod topology;
 
 pub use broker::{Broker, PublishError};
-pub use message::{Envelope, Message, RecordedWebhook};
+pub(crate) use message::Message;
+pub use message::{Envelope, RecordedWebhook};
 pub use topology::Topology;

@@ -44,7 +44,7 @@ impl NewDeadLetter {
     /// PostgreSQL refuses NUL in `text` (22021) and `\u0000` in `jsonb` (22P05); a message
     /// from the untrusted queue may carry them anywhere. They become U+FFFD, so that one such
     /// message cannot block the queue. The raw body is kept as it came (encrypted bytes).
-    pub fn sanitised(mut self) -> Self {
+    pub(crate) fn sanitised(mut self) -> Self {
         fn clean(s: &mut String) {
             if s.contains('\0') {
                 *s = s.replace('\0', "\u{FFFD}");
@@ -165,7 +165,7 @@ pub async fn list(
 }
 
 /// How many letters need action.
-pub async fn count_open(db: &impl GenericClient) -> Result<i64, tokio_postgres::Error> {
+pub(crate) async fn count_open(db: &impl GenericClient) -> Result<i64, tokio_postgres::Error> {
     let row = db
         .query_one(
             &format!("SELECT count(*) FROM dead_letters WHERE {OPEN}"),
@@ -210,7 +210,10 @@ pub async fn select(
     from_rows(&rows)
 }
 
-pub async fn mark_replayed(db: &impl GenericClient, id: Uuid) -> Result<(), tokio_postgres::Error> {
+pub(crate) async fn mark_replayed(
+    db: &impl GenericClient,
+    id: Uuid,
+) -> Result<(), tokio_postgres::Error> {
     db.execute(
         "UPDATE dead_letters SET replayed_at = now() WHERE id = $1",
         &[&id],

@@ -68,7 +68,7 @@ impl DbError {
     /// Whether the database cannot be reached (wait and try again: 503 for a client, held
     /// messages for the worker), as opposed to a statement that failed (a bug or bad data).
     /// The one rule for the API, the worker and the recorder.
-    pub fn is_outage(&self) -> bool {
+    pub(crate) fn is_outage(&self) -> bool {
         use deadpool_postgres::PoolError;
         match self {
             DbError::Postgres(e) => is_outage(e),
@@ -163,7 +163,7 @@ impl Database {
     }
 
     /// The same server, another database (e.g. `postgres`, to create ours).
-    pub fn with_dbname(&self, name: &str) -> Self {
+    pub(crate) fn with_dbname(&self, name: &str) -> Self {
         let mut other = self.clone();
         other.config.dbname(name);
         other
@@ -279,10 +279,6 @@ fn percent_decode(text: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
-}
-
-pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, StorageError> {
-    Ok(Database::from_url(url)?.config)
 }
 
 /// A pool for KYC_DATABASE_URL (see [`Database::pool`]).

@@ -14,9 +14,9 @@ use super::Database;
 use crate::backoff::Backoff;
 use crate::error::{BoxError, chain};
 
-pub const VERIFICATIONS: &str = "verification_state";
-pub const ONBOARDINGS: &str = "kyc_onboardings";
-pub const API_CLIENTS: &str = "kyc_api_clients";
+pub(crate) const VERIFICATIONS: &str = "verification_state";
+pub(crate) const ONBOARDINGS: &str = "kyc_onboardings";
+pub(crate) const API_CLIENTS: &str = "kyc_api_clients";
 
 /// A change announced by the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use crate::veriff::integration::Integration;
 
 /// An API client (the registration backend's apps), found by the SHA-256 of its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ApiClient {
+pub(crate) struct ApiClient {
     pub id: Uuid,
     pub us_enabled: bool,
 }
@@ -50,7 +50,7 @@ pub fn key_digest(key: &str) -> [u8; 32] {
 }
 
 /// The active (not revoked) client holding this key.
-pub async fn active_client(
+pub(crate) async fn active_client(
     db: &impl GenericClient,
     digest: &[u8; 32],
 ) -> Result<Option<ApiClient>, tokio_postgres::Error> {
@@ -95,7 +95,7 @@ pub async fn onboarding(
 }
 
 /// The verification of an onboarding, created on first use with the region of its first session.
-pub async fn verification_of_onboarding(
+pub(crate) async fn verification_of_onboarding(
     tx: &Transaction<'_>,
     onboarding: Uuid,
     user_id: Option<&str>,
@@ -200,7 +200,7 @@ pub async fn onboarding_status(
 
 /// An onboarding as its status poll sees it: the client it belongs to, and its verification's
 /// id and status (one statement: this is the polled path's only query).
-pub async fn onboarding_view(
+pub(crate) async fn onboarding_view(
     db: &impl GenericClient,
     onboarding: Uuid,
 ) -> Result<Option<(Uuid, Option<Uuid>, VerificationStatus)>, tokio_postgres::Error> {
@@ -239,7 +239,7 @@ async fn newest_onboarding(
 
 /// A user's verification: the one of their newest onboarding, or one of their own (created
 /// on first use) when they have no onboarding.
-pub async fn verification_of_user(
+pub(crate) async fn verification_of_user(
     tx: &Transaction<'_>,
     user: &str,
 ) -> Result<Uuid, tokio_postgres::Error> {

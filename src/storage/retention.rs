@@ -7,7 +7,7 @@ use deadpool_postgres::GenericClient;
 
 /// Clears the bodies of inputs and dead letters recorded longer ago than `retention`.
 /// Returns how many were cleared.
-pub async fn clear_expired_bodies(
+pub(crate) async fn clear_expired_bodies(
     db: &impl GenericClient,
     retention: Duration,
 ) -> Result<u64, tokio_postgres::Error> {

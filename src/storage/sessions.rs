@@ -7,7 +7,7 @@ use crate::veriff::integration::Integration;
 
 /// A session to ask Veriff about, with the region whose credentials ask.
 #[derive(Debug, Clone)]
-pub struct Due {
+pub(crate) struct Due {
     pub session_id: String,
     pub region: Integration,
 }
@@ -15,7 +15,7 @@ pub struct Due {
 /// Claims up to `limit` sessions past their end without a final decision that were not asked
 /// about in the last hour. Claimed before asking, so a session whose answer fails is asked
 /// again only an hour later, and replicas never ask about the same session at once.
-pub async fn claim_due_for_reconciliation(
+pub(crate) async fn claim_due_for_reconciliation(
     db: &impl GenericClient,
     limit: i64,
 ) -> Result<Vec<Due>, tokio_postgres::Error> {

@@ -47,7 +47,7 @@ pub async fn insert(
 }
 
 /// Takes the oldest `limit` rows no other relay holds, locked until `tx` ends.
-pub async fn take_oldest(
+pub(crate) async fn take_oldest(
     tx: &Transaction<'_>,
     limit: i64,
 ) -> Result<Vec<(i64, Spooled)>, tokio_postgres::Error> {

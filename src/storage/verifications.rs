@@ -17,7 +17,7 @@ use crate::veriff::integration::Integration;
 
 /// The kinds of recorded input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InputKind {
+pub(crate) enum InputKind {
     SessionCreated,
     Decision,
     Event,
@@ -35,7 +35,7 @@ impl InputKind {
 
 /// An input about to be recorded: its non-personal facts, and the encrypted raw body.
 #[derive(Debug, Clone)]
-pub struct NewInput {
+pub(crate) struct NewInput {
     pub dedup_key: String,
     pub kind: InputKind,
     pub session_id: String,
@@ -80,7 +80,7 @@ async fn execute(
 }
 
 /// The verifications the given sessions belong to, for the sessions kyc knows.
-pub async fn session_owners(
+pub(crate) async fn session_owners(
     tx: &Transaction<'_>,
     session_ids: &[&str],
 ) -> Result<HashMap<String, Uuid>, tokio_postgres::Error> {
@@ -95,7 +95,7 @@ pub async fn session_owners(
 
 /// Locks several verifications, always in id order so that concurrent batches cannot
 /// deadlock. Ids that name no verification are left out.
-pub async fn lock_many(
+pub(crate) async fn lock_many(
     tx: &Transaction<'_>,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, Locked>, tokio_postgres::Error> {
@@ -165,7 +165,7 @@ pub async fn record_session(
 }
 
 /// Records an input unless its dedup key is already recorded. Returns whether it was new.
-pub async fn record_input(
+pub(crate) async fn record_input(
     tx: &Transaction<'_>,
     verification: &Locked,
     input: &NewInput,
@@ -176,7 +176,7 @@ pub async fn record_input(
 
 /// Records several inputs in one statement, each unless its dedup key is already recorded
 /// (the same key twice in `inputs` counts once). Returns the dedup keys that were new.
-pub async fn record_inputs(
+pub(crate) async fn record_inputs(
     tx: &Transaction<'_>,
     inputs: &[(Uuid, &NewInput)],
 ) -> Result<HashSet<String>, tokio_postgres::Error> {
@@ -249,7 +249,7 @@ pub async fn recompute(
 /// whatever their number: one read of every history, one write each of the session
 /// statuses, the current sessions and the changed rows (each changed row announced).
 /// Returns the rows that changed.
-pub async fn recompute_many(
+pub(crate) async fn recompute_many(
     tx: &Transaction<'_>,
     verifications: &[&Locked],
     policy: &Policy,
@@ -342,7 +342,7 @@ pub struct RecordedInput {
 impl RecordedInput {
     /// The input as the state machine reads it; `None` for what it does not take (a decision
     /// status kyc does not know is dead-lettered, never recorded, so this is defensive).
-    pub fn as_input(&self) -> Option<Input> {
+    pub(crate) fn as_input(&self) -> Option<Input> {
         let session_id = self.session_id.clone();
         let observation = match self.kind.as_str() {
             "session_created" => {
@@ -451,7 +451,7 @@ async fn histories(
 }
 
 /// The verification a Veriff session belongs to.
-pub async fn of_session(
+pub(crate) async fn of_session(
     db: &impl deadpool_postgres::GenericClient,
     session: &str,
 ) -> Result<Option<Uuid>, tokio_postgres::Error> {
@@ -465,7 +465,7 @@ pub async fn of_session(
 }
 
 /// Verification ids in id order after `after`, `limit` at a time: to walk every one.
-pub async fn ids_after(
+pub(crate) async fn ids_after(
     db: &impl deadpool_postgres::GenericClient,
     after: Option<Uuid>,
     limit: i64,

@@ -10,14 +10,14 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::integration::{Integration, Integrations};
-use crate::backoff::Backoff;
 use super::signature::sign;
+use crate::backoff::Backoff;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Attempts when the connection itself cannot be made (nothing reached Veriff).
 const CONNECT_ATTEMPTS: usize = 3;
 /// Veriff sessions live for 7 days.
-pub const SESSION_LIFETIME: chrono::TimeDelta = chrono::TimeDelta::days(7);
+pub(crate) const SESSION_LIFETIME: chrono::TimeDelta = chrono::TimeDelta::days(7);
 
 #[derive(Debug, thiserror::Error)]
 pub enum VeriffError {

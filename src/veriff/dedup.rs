@@ -28,7 +28,7 @@ pub fn dedup_key(kind: Kind, facts: Option<&Facts>, body: &[u8]) -> String {
 }
 
 /// The key of a `session_created` input: one per session, however often it is recorded.
-pub fn session_created_key(session_id: &str) -> String {
+pub(crate) fn session_created_key(session_id: &str) -> String {
     hex::encode(Sha256::digest(
         format!("session_created|{session_id}").as_bytes(),
     ))

@@ -67,7 +67,7 @@ impl IntegrationKeys {
     }
 
     /// The secret that signs outgoing requests: the first one configured.
-    pub fn signing_secret(&self) -> Option<&SecretString> {
+    pub(crate) fn signing_secret(&self) -> Option<&SecretString> {
         self.secrets.first()
     }
 

@@ -53,7 +53,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 6] = [
+    pub(crate) const ALL: [Reason; 6] = [
         Reason::InvalidSignature,
         Reason::Unparseable,
         Reason::UnknownStatus,
@@ -87,7 +87,7 @@ const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 
 /// How the worker applies: what `KYC_WORKER_*` and the policy settings say.
 #[derive(Debug, Clone)]
-pub struct WorkerSettings {
+pub(crate) struct WorkerSettings {
     /// Batches applied at once, each in a transaction of its own.
     pub batches: usize,
     /// Most messages in one batch.
@@ -97,7 +97,7 @@ pub struct WorkerSettings {
 }
 
 impl WorkerSettings {
-    pub fn from_config(config: &Config) -> Self {
+    pub(crate) fn from_config(config: &Config) -> Self {
         Self {
             batches: usize::from(config.worker_concurrency),
             batch_size: usize::from(config.worker_batch),
@@ -107,7 +107,7 @@ impl WorkerSettings {
     }
 }
 
-pub struct Worker {
+pub(crate) struct Worker {
     pool: Pool,
     broker: Broker,
     integrations: Integrations,
@@ -119,7 +119,7 @@ pub struct Worker {
 }
 
 /// A named loop of a role, for the service to supervise.
-pub type Task = (
+pub(crate) type Task = (
     &'static str,
     Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>,
 );
@@ -147,7 +147,7 @@ impl Worker {
 
     /// Database connections the worker's loops use at most: one per batch, one for the
     /// recorder, one for housekeeping.
-    pub fn pool_size(settings: &WorkerSettings) -> usize {
+    pub(crate) fn pool_size(settings: &WorkerSettings) -> usize {
         settings.batches + 2
     }
 
