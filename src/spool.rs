@@ -199,7 +199,7 @@ impl Relay {
             body: body.into(),
         };
         let envelope = Envelope::recorded(self.broker.topology(), &webhook, None);
-        self.broker.publish(&envelope, RELAY_TIMEOUT).await?;
+        self.broker.publish(envelope, RELAY_TIMEOUT).await?;
         Ok(())
     }
 

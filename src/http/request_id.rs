@@ -26,7 +26,17 @@ fn request_id(req: &ServiceRequest) -> String {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
-        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned)
+        .map_or_else(new_id, str::to_owned)
+}
+
+/// A new id: a random prefix per process and a counter, unique across replicas without a
+/// random number per request.
+fn new_id() -> String {
+    static PREFIX: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_owned());
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}{n:016x}", &*PREFIX)
 }
 
 pub(crate) async fn middleware(

@@ -101,11 +101,12 @@ async fn receive(
         dedup_key,
         received_at,
     );
-    let dedup_key = envelope.message_id();
+    let dedup_key = envelope.message_id().to_owned();
+    let dedup_key = dedup_key.as_str();
     // The broker first; while it is away or slow, the spool. A confirm that comes back after
     // the timeout makes the webhook both published and spooled: the worker's dedup absorbs it.
     let published = match state.broker.is_connected() {
-        true => state.broker.publish(&envelope, state.publish_timeout).await,
+        true => state.broker.publish(envelope, state.publish_timeout).await,
         false => Err(PublishError::NotConnected),
     };
     let error = match published {

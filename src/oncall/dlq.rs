@@ -155,7 +155,7 @@ pub async fn run(config: &Config, command: DlqCommand) -> Result<(), BoxError> {
                     body.into(),
                     Uuid::new_v4(),
                 );
-                if let Err(error) = broker.publish(&envelope, REPLAY_TIMEOUT).await {
+                if let Err(error) = broker.publish(envelope, REPLAY_TIMEOUT).await {
                     broker.close().await;
                     return Err(error.into());
                 }

@@ -82,7 +82,7 @@ pub async fn run(
             body: body.into(),
         };
         let envelope = Envelope::recorded(broker.topology(), &webhook, Some(replay));
-        if let Err(error) = broker.publish(&envelope, REPLAY_TIMEOUT).await {
+        if let Err(error) = broker.publish(envelope, REPLAY_TIMEOUT).await {
             failure = Some(error);
             break;
         }

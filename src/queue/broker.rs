@@ -201,16 +201,13 @@ impl Broker {
     /// which consumers share, nor the lane is torn down for it.
     pub async fn publish(
         &self,
-        envelope: &Envelope,
+        envelope: Envelope,
         timeout: Duration,
     ) -> Result<Duration, PublishError> {
         let link = self.current().ok_or(PublishError::NotConnected)?;
         let started = Instant::now();
         let (done, outcome) = oneshot::channel();
-        let publish = Publish {
-            envelope: envelope.clone(),
-            done,
-        };
+        let publish = Publish { envelope, done };
         let outcome = tokio::time::timeout(timeout, async {
             link.publishes
                 .send(publish)
@@ -275,6 +272,16 @@ fn parse_uri(url: &str) -> Result<Node, BadUrl> {
     })
 }
 
+/// A publish's id, unique in this process (and across processes, by the random prefix):
+/// cheaper than a random id per publish.
+fn publish_id() -> String {
+    static PREFIX: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n:x}", &*PREFIX)
+}
+
 /// A lane: one confirm channel, publishing whatever waits, one batch at a time, until the
 /// connection fails or the channel is given up (then the supervisor's connection ends).
 async fn lane(connection: Arc<Connection>, queue: Arc<Mutex<mpsc::Receiver<Publish>>>) {
@@ -329,37 +336,38 @@ async fn publish_batch(channel: &Channel, batch: Vec<Publish>) -> bool {
             let _ = publish.done.send(Err(PublishError::NotConnected));
             continue;
         }
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let envelope = &publish.envelope;
+        let id = publish_id();
+        let Publish { envelope, done } = publish;
+        let (exchange, routing_key, body, properties) = envelope.into_parts(&id);
         let sent = channel
             .basic_publish(
-                envelope.exchange.as_str().into(),
-                envelope.routing_key.as_str().into(),
+                exchange.as_str().into(),
+                routing_key.as_str().into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()
                 },
-                &envelope.body,
-                envelope.properties(&id),
+                &body,
+                properties,
             )
             .await;
         match sent {
-            Ok(confirm) => pending.push((publish, id, confirm)),
+            Ok(confirm) => pending.push((done, id, confirm)),
             Err(error) => {
                 healthy = false;
-                let _ = publish.done.send(Err(error.into()));
+                let _ = done.send(Err(error.into()));
             }
         }
     }
     let (settles, confirms): (Vec<_>, Vec<_>) = pending
         .into_iter()
-        .map(|(publish, id, confirm)| ((publish, id), confirm))
+        .map(|(done, id, confirm)| ((done, id), confirm))
         .unzip();
     let confirmed =
         tokio::time::timeout(BATCH_DEADLINE, futures_util::future::join_all(confirms)).await;
     let Ok(confirmed) = confirmed else {
-        for (publish, _) in settles {
-            let _ = publish.done.send(Err(PublishError::Timeout));
+        for (done, _) in settles {
+            let _ = done.send(Err(PublishError::Timeout));
         }
         return false;
     };
@@ -378,7 +386,7 @@ async fn publish_batch(channel: &Channel, batch: Vec<Publish>) -> bool {
                 .and_then(|h| header_str(h, HEADER_PUBLISH_ID))
         })
         .collect();
-    for ((publish, id), confirm) in settles.into_iter().zip(&confirmed) {
+    for ((done, id), confirm) in settles.into_iter().zip(&confirmed) {
         let outcome = match confirm {
             Ok(Confirmation::Ack(_)) if returned.contains(id.as_str()) => {
                 Err(PublishError::Unroutable)
@@ -395,7 +403,7 @@ async fn publish_batch(channel: &Channel, batch: Vec<Publish>) -> bool {
                 Err(PublishError::Amqp(error.clone()))
             }
         };
-        let _ = publish.done.send(outcome);
+        let _ = done.send(outcome);
     }
     healthy
 }

@@ -186,15 +186,24 @@ impl Envelope {
     /// Persistent, with the dedup key as `message_id`, the headers, and `publish_id` to pair a
     /// returned message with its publish.
     pub fn properties(&self, publish_id: &str) -> BasicProperties {
-        let mut headers = self.headers.clone();
-        put(&mut headers, HEADER_PUBLISH_ID, publish_id);
-        BasicProperties::default()
-            .with_delivery_mode(PERSISTENT)
-            .with_content_type("application/json".into())
-            .with_message_id(ShortString::from(self.message_id.as_str()))
-            .with_timestamp(u64::try_from(Utc::now().timestamp()).unwrap_or_default())
-            .with_headers(headers)
+        properties(self.message_id.as_str(), self.headers.clone(), publish_id)
     }
+
+    /// What a publish sends: exchange, routing key, body and properties, without copying.
+    pub(super) fn into_parts(self, publish_id: &str) -> (String, String, Bytes, BasicProperties) {
+        let properties = properties(&self.message_id, self.headers, publish_id);
+        (self.exchange, self.routing_key, self.body, properties)
+    }
+}
+
+fn properties(message_id: &str, mut headers: FieldTable, publish_id: &str) -> BasicProperties {
+    put(&mut headers, HEADER_PUBLISH_ID, publish_id);
+    BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_content_type("application/json".into())
+        .with_message_id(ShortString::from(message_id))
+        .with_timestamp(u64::try_from(Utc::now().timestamp()).unwrap_or_default())
+        .with_headers(headers)
 }
 
 /// A delivery, its headers decoded once.

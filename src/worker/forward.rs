@@ -21,7 +21,7 @@ impl Worker {
             return self.dead_letter(message, reason).await;
         };
         self.broker
-            .publish(&message.to_retry(queue, Utc::now()), FORWARD_TIMEOUT)
+            .publish(message.to_retry(queue, Utc::now()), FORWARD_TIMEOUT)
             .await?;
         self.count("retried", reason.as_str());
         tracing::info!(
@@ -45,7 +45,7 @@ impl Worker {
             reason.as_str(),
             Utc::now(),
         );
-        self.broker.publish(&envelope, FORWARD_TIMEOUT).await?;
+        self.broker.publish(envelope, FORWARD_TIMEOUT).await?;
         self.count("dead_lettered", reason.as_str());
         tracing::warn!(reason = reason.as_str(), dead_letter_id = %id, attempts = message.attempts + 1, "dead-lettered");
         Ok(())

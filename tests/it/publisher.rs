@@ -67,7 +67,7 @@ async fn returned_and_confirmed_publishes_are_never_mixed_up() {
             (
                 n,
                 broker
-                    .publish(&envelope, Duration::from_secs(30))
+                    .publish(envelope, Duration::from_secs(30))
                     .await
                     .map(|_| ()),
             )
