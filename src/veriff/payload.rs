@@ -141,7 +141,8 @@ struct EventBody {
 
 /// A string as sent, or a number as its text (`"attemptId": 7`, `"decisionTime": 1767261600`:
 /// the same bytes always give the same text, so the dedup key is stable); `null`, booleans,
-/// arrays and objects count as absent.
+/// arrays and objects count as absent, and so does a string holding NUL (`\u0000`), which
+/// PostgreSQL's text cannot store: a session id like that is no session id.
 fn text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
     struct Text;
 
@@ -153,11 +154,11 @@ fn text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Stri
         }
 
         fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(Some(v.to_owned()))
+            Ok((!v.contains('\0')).then(|| v.to_owned()))
         }
 
         fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-            Ok(Some(v))
+            Ok(Some(v).filter(|v| !v.contains('\0')))
         }
 
         fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
@@ -339,6 +340,16 @@ mod tests {
         let mut objects = b"{\"verification\":".repeat(100_000);
         objects.extend(b"{}".iter().chain(&b"}".repeat(100_000)));
         assert_eq!(parse(Kind::Decision, &objects), None);
+    }
+
+    #[test]
+    fn text_with_nul_counts_as_absent() {
+        let body = br#"{"verification":{"id":"s\u0000","status":"approved"}}"#;
+        assert_eq!(parse(Kind::Decision, body), None, "no session id");
+        let body = br#"{"verification":{"id":"s","attemptId":"a\u0000","status":"approved","reason":"\u0000"}}"#;
+        let facts = parse(Kind::Decision, body).expect("a session id");
+        assert_eq!(facts.attempt_id, None);
+        assert!(matches!(facts.what, What::Decision { reason: None, .. }));
     }
 
     #[test]
