@@ -5,6 +5,7 @@ mod clients_cli;
 mod database_tls;
 mod deploy;
 mod harness;
+mod hostile;
 mod ingest;
 mod migrate;
 mod oncall;
