@@ -16,7 +16,7 @@ use crate::oncall::trigger::TriggerCommand;
 use crate::oncall::verification::VerificationCommand;
 use crate::{dev, oncall, storage, telemetry};
 
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(name = "kyc", version, about = "Identity verification with Veriff", long_about = None)]
 pub struct Cli {
     #[command(flatten)]

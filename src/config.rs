@@ -36,7 +36,7 @@ pub const REQUIRED_OUTSIDE_DEV: &[&[&str]] = &[
     &["KYC_JWT_AUDIENCE"],
 ];
 
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct Config {
     /// Development mode: public development secrets, a local Veriff stand-in, loopback only.
     #[arg(long, global = true)]

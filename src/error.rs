@@ -4,8 +4,8 @@
 
 use std::fmt;
 
-use actix_web::http::StatusCode;
-use actix_web::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
+use actix_web::http::header::{ALLOW, RETRY_AFTER, WWW_AUTHENTICATE};
+use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
@@ -51,6 +51,9 @@ pub enum ApiError {
     NotReady(&'static str),
     #[error("no such resource")]
     NotFound,
+    /// A method the path does not serve; `allow` is the one it does.
+    #[error("{allow} is the only method of this resource")]
+    MethodNotAllowed { allow: Method },
     #[error("{0}")]
     InvalidRequest(&'static str),
     #[error("x-client-key is missing, unknown or revoked")]
@@ -96,6 +99,7 @@ impl ApiError {
             ApiError::BrokerUnavailable => (503, "BROKER_UNAVAILABLE", "Broker unavailable"),
             ApiError::NotReady(_) => (503, "NOT_READY", "Not ready"),
             ApiError::NotFound => (404, "NOT_FOUND", "Not found"),
+            ApiError::MethodNotAllowed { .. } => (405, "METHOD_NOT_ALLOWED", "Method not allowed"),
             ApiError::InvalidRequest(_) => (400, "INVALID_REQUEST", "Invalid request"),
             ApiError::InvalidClientKey => (498, "INVALID_CLIENT_KEY", "Invalid client key"),
             ApiError::OnboardingNotFound => (404, "ONBOARDING_NOT_FOUND", "Onboarding not found"),
@@ -186,6 +190,9 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => {
                 response.insert_header((WWW_AUTHENTICATE, "Bearer"));
             }
+            ApiError::MethodNotAllowed { allow } => {
+                response.insert_header((ALLOW, allow.as_str()));
+            }
             ApiError::BrokerUnavailable | ApiError::DatabaseUnavailable => {
                 response.insert_header((RETRY_AFTER, "5"));
             }
@@ -218,6 +225,20 @@ mod tests {
     #[test]
     fn chain_shows_every_cause() {
         assert_eq!(chain(&Outer(Inner)).to_string(), "outer: inner");
+    }
+
+    #[test]
+    fn a_method_not_allowed_names_the_allowed_one() {
+        let error = ApiError::MethodNotAllowed {
+            allow: Method::POST,
+        };
+        let response = error.error_response();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            response.headers().get(ALLOW).and_then(|v| v.to_str().ok()),
+            Some("POST")
+        );
+        assert_eq!(error.code(), "METHOD_NOT_ALLOWED");
     }
 
     #[test]

@@ -119,14 +119,21 @@ impl StandIn {
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/dev/veriff/v1/sessions", web::post().to(create))
-        .route(
+    use crate::http::endpoint;
+    use actix_web::http::Method;
+    cfg.service(endpoint("/dev/veriff/v1/sessions", Method::POST, create))
+        .service(endpoint(
             "/dev/veriff/v1/sessions/{id}/decision",
-            web::get().to(decision),
-        )
-        .route("/dev/veriff/v/{id}", web::get().to(page))
-        .route("/dev/veriff/v/{id}/{choice}", web::post().to(choose))
-        .route("/dev/done", web::get().to(done));
+            Method::GET,
+            decision,
+        ))
+        .service(endpoint("/dev/veriff/v/{id}", Method::GET, page))
+        .service(endpoint(
+            "/dev/veriff/v/{id}/{choice}",
+            Method::POST,
+            choose,
+        ))
+        .service(endpoint("/dev/done", Method::GET, done));
 }
 
 async fn create(

@@ -52,14 +52,13 @@ impl BearerAuth {
 
     /// The user id (`sub`) of a valid bearer token.
     pub fn user(&self, headers: &HeaderMap) -> Result<String, ApiError> {
+        // The scheme is case-insensitive (RFC 9110 section 11.1).
         let token = headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
             .ok_or(ApiError::Unauthorized("a bearer token is required"))?;
         let claims = decode::<Claims>(token, &self.key, &self.validation)

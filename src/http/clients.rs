@@ -67,8 +67,11 @@ impl ClientKeys {
         pool: &Pool,
         headers: &HeaderMap,
     ) -> Result<ApiClient, ApiError> {
-        let key = headers
-            .get("x-client-key")
+        let mut values = headers.get_all("x-client-key");
+        // Sent twice, the key is ambiguous: refused like a missing one.
+        let key = values
+            .next()
+            .filter(|_| values.next().is_none())
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|k| !k.is_empty())

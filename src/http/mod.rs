@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
+use actix_web::http::Method;
 use actix_web::http::header::{CONTENT_LENGTH, HeaderMap};
-use actix_web::{App, HttpServer, web};
+use actix_web::{App, FromRequest, Handler, HttpResponse, HttpServer, Resource, Responder, web};
 use bytes::BytesMut;
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
@@ -98,35 +99,64 @@ impl Listener for Views {
     }
 }
 
+/// One path served with one method. Any other method on it answers 405 with `Allow`, a
+/// problem document (`METHOD_NOT_ALLOWED`), rather than 404: the path exists.
+pub(crate) fn endpoint<F, Args>(path: &str, method: Method, handler: F) -> Resource
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    let allow = method.clone();
+    web::resource(path)
+        .route(web::method(method).to(handler))
+        .default_service(web::to(move || {
+            let allow = allow.clone();
+            async move { Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow }) }
+        }))
+}
+
 /// The API's routes: webhooks, registration, status, the OpenAPI document.
 fn api_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/webhooks/veriff")
-            .route("/decision", web::post().to(webhooks::decision))
-            .route("/event", web::post().to(webhooks::event)),
-    )
-    .route(
+    cfg.service(endpoint(
+        "/webhooks/veriff/decision",
+        Method::POST,
+        webhooks::decision,
+    ))
+    .service(endpoint(
+        "/webhooks/veriff/event",
+        Method::POST,
+        webhooks::event,
+    ))
+    .service(endpoint(
         "/v1/auth/register/verification",
-        web::post().to(registration::create),
-    )
-    .route(
+        Method::POST,
+        registration::create,
+    ))
+    .service(endpoint(
         "/v1/auth/register/status",
-        web::get().to(status::onboarding_status),
-    )
-    .route("/v1/user/verification", web::get().to(user::verification))
-    .route(
+        Method::GET,
+        status::onboarding_status,
+    ))
+    .service(endpoint(
+        "/v1/user/verification",
+        Method::GET,
+        user::verification,
+    ))
+    .service(endpoint(
         "/v1/user/verification/status",
-        web::get().to(status::user_status),
-    )
-    .route("/openapi.json", web::get().to(openapi::document));
+        Method::GET,
+        status::user_status,
+    ))
+    .service(endpoint("/openapi.json", Method::GET, openapi::document));
 }
 
 /// The probes, and `/metrics` unless it is served on KYC_OPS_ADDR only.
 fn ops_routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
-    cfg.route("/healthz", web::get().to(ops::healthz))
-        .route("/readyz", web::get().to(ops::readyz));
+    cfg.service(endpoint("/healthz", Method::GET, ops::healthz))
+        .service(endpoint("/readyz", Method::GET, ops::readyz));
     if with_metrics {
-        cfg.route("/metrics", web::get().to(ops::metrics));
+        cfg.service(endpoint("/metrics", Method::GET, ops::metrics));
     }
 }
 
@@ -202,6 +232,14 @@ where
     .shutdown_timeout(SHUTDOWN_TIMEOUT.as_secs())
     .run();
     Ok(server)
+}
+
+/// A UUID in its hyphenated form only (as the OpenAPI document's `format: uuid` says): the
+/// simple, braced and URN forms that `Uuid::parse_str` also takes are refused.
+pub(crate) fn hyphenated_uuid(text: &str) -> Option<uuid::Uuid> {
+    (text.len() == 36)
+        .then(|| uuid::Uuid::try_parse(text).ok())
+        .flatten()
 }
 
 /// Reads a body, refusing it as soon as it is known to exceed `limit`, or when it has not

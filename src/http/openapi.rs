@@ -23,7 +23,14 @@ use crate::error::Problem;
         ops::readyz,
         ops::metrics,
     ),
-    components(schemas(Problem, Status, registration::SessionAnswer)),
+    components(schemas(
+        Problem,
+        Status,
+        status::StateName,
+        status::RetryName,
+        registration::SessionAnswer,
+        registration::SessionRequest
+    )),
     modifiers(&BearerScheme)
 )]
 struct ApiDoc;

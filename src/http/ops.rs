@@ -45,7 +45,7 @@ impl Ops {
     }
 }
 
-#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The process is alive")))]
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The process is alive", body = serde_json::Value, example = json!({"status": "ok"}))))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
@@ -56,7 +56,7 @@ pub async fn healthz() -> HttpResponse {
     get,
     path = "/readyz",
     responses(
-        (status = 200, description = "What the role needs is reachable"),
+        (status = 200, description = "What the role needs is reachable", body = serde_json::Value, example = json!({"status": "ready"})),
         (status = 503, description = "NOT_READY", body = Problem, content_type = "application/problem+json"),
     )
 )]

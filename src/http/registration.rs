@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::clients::Limit;
 use super::status_view::Key;
-use super::{AppState, read_limited};
+use super::{AppState, hyphenated_uuid, read_limited};
 use crate::error::{ApiError, Problem};
 use crate::state_machine::{Retry, State};
 use crate::storage::registration::{self as reg, CurrentSession};
@@ -33,28 +33,37 @@ pub struct SessionAnswer {
     pub reused: bool,
 }
 
+/// The body of a session request.
+#[derive(utoipa::ToSchema)]
+#[schema(example = json!({"onboardingId": "8a0b5d8e-6f3c-4d9e-9d61-0c2f7c1a2b3c"}))]
+#[allow(dead_code)] // described for the OpenAPI document; the handler reads the JSON itself
+pub struct SessionRequest {
+    #[schema(rename = "onboardingId")]
+    onboarding_id: Uuid,
+}
+
 #[utoipa::path(
     post,
     path = "/v1/auth/register/verification",
-    request_body(
-        content = serde_json::Value,
-        description = "A JSON object with the onboarding's id",
-        example = json!({"onboardingId": "8a0b5d8e-6f3c-4d9e-9d61-0c2f7c1a2b3c"})
-    ),
+    request_body(content = SessionRequest, description = "The onboarding to verify"),
     params(
         ("x-client-key" = String, Header, description = "The client's public key"),
-        ("x-us-env" = Option<bool>, Header, description = "`true` routes to the US Veriff integration"),
+        ("x-us-env" = Option<String>, Header, description = "`true` (any case) routes to the US Veriff integration; anything else, or none, to the EU one"),
     ),
     responses(
         (status = 200, description = "A Veriff session URL", body = SessionAnswer),
         (status = 400, description = "INVALID_REQUEST, ONBOARDING_EXPIRED, PHONE_NOT_VERIFIED or US_ENV_NOT_AVAILABLE", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "VERIFICATION_BLOCKED", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "ONBOARDING_NOT_FOUND", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "REQUEST_TIMEOUT: the body did not arrive within 10 s", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "ALREADY_VERIFIED", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "RATE_LIMITED, with Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 498, description = "INVALID_CLIENT_KEY", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: a body over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 498, description = "INVALID_CLIENT_KEY: x-client-key missing, repeated, unknown or revoked", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "PROVIDER_UNAVAILABLE", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "DATABASE_UNAVAILABLE", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "DATABASE_UNAVAILABLE", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
     )
 )]
 pub async fn create(
@@ -73,7 +82,7 @@ pub async fn create(
     let onboarding_id = request
         .get("onboardingId")
         .and_then(serde_json::Value::as_str)
-        .and_then(|id| Uuid::parse_str(id).ok())
+        .and_then(hyphenated_uuid)
         .ok_or(ApiError::InvalidRequest("onboardingId must be a UUID"))?;
     api.limiter
         .check(client.id, onboarding_id, Limit::Session)?;

@@ -11,11 +11,10 @@ use std::sync::Arc;
 use actix_web::http::header::{CACHE_CONTROL, ETAG, IF_NONE_MATCH};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
-use uuid::Uuid;
 
-use super::AppState;
 use super::clients::Limit;
 use super::status_view::{Answer, Key};
+use super::{AppState, hyphenated_uuid};
 use crate::error::{ApiError, Problem};
 use crate::state_machine::{Retry, State};
 use crate::storage::registration::{self as reg, VerificationStatus};
@@ -26,14 +25,36 @@ const MAX_WAIT: u64 = 30;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
-    #[schema(value_type = String, example = "REJECTED")]
+    #[schema(value_type = StateName, example = "REJECTED")]
     pub state: &'static str,
-    #[schema(value_type = String, example = "NEW_SESSION")]
+    #[schema(value_type = RetryName, example = "NEW_SESSION")]
     pub retry: &'static str,
     pub reason_code: Option<i32>,
     pub reason: Option<String>,
     /// `null` while the onboarding has no verification yet.
     pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The states of a verification, as the OpenAPI document names them.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "SCREAMING_SNAKE_CASE")]
+#[allow(dead_code)] // described, never built: the status carries `State::as_str`
+pub enum StateName {
+    Unverified,
+    Pending,
+    Verified,
+    Rejected,
+}
+
+/// What a user may do next, as the OpenAPI document names it.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "SCREAMING_SNAKE_CASE")]
+#[allow(dead_code)] // described, never built: the status carries `Retry::as_str`
+pub enum RetryName {
+    None,
+    SameSession,
+    NewSession,
+    Blocked,
 }
 
 impl From<VerificationStatus> for Status {
@@ -58,31 +79,38 @@ pub(crate) struct Query {
     get,
     path = "/v1/auth/register/status",
     params(
-        ("onboardingId" = String, Query, description = "The onboarding's id (a UUID)"),
+        ("onboardingId" = uuid::Uuid, Query, description = "The onboarding's id"),
         ("x-client-key" = String, Header, description = "The client's public key"),
-        ("If-None-Match" = Option<String>, Header, description = "The ETag of the last answer"),
-        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): wait up to N s for a change"),
+        ("If-None-Match" = Option<String>, Header, description = "The ETag of the last answer (weak, a list, or `*`)"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): with a matching If-None-Match, wait up to N s for a change"),
     ),
     responses(
-        (status = 200, description = "The verification's state; ETag is a hash of this body", body = Status),
-        (status = 304, description = "Unchanged since the ETag presented"),
-        (status = 400, description = "INVALID_REQUEST", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The verification's state; ETag is a hash of this body", body = Status,
+            headers(("ETag" = String, description = "A hash of the body"), ("Cache-Control" = String, description = "`no-cache`"))),
+        (status = 304, description = "Unchanged since the ETag presented",
+            headers(("ETag" = String, description = "The current ETag"))),
+        (status = 400, description = "INVALID_REQUEST: onboardingId missing, repeated or not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "ONBOARDING_NOT_FOUND", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "RATE_LIMITED", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
         (status = 498, description = "INVALID_CLIENT_KEY", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "DATABASE_UNAVAILABLE", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
     )
 )]
 pub async fn onboarding_status(
     req: HttpRequest,
-    query: web::Query<Query>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let api = &state.registration;
     let client = api.clients.resolve(&api.pool, req.headers()).await?;
-    let onboarding = query
-        .onboarding_id
+    // Read here rather than by an extractor, whose refusal (a repeated or badly encoded
+    // parameter) would not be a problem document.
+    let onboarding = web::Query::<Query>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.into_inner().onboarding_id)
         .as_deref()
-        .and_then(|id| Uuid::parse_str(id).ok())
+        .and_then(hyphenated_uuid)
         .ok_or(ApiError::InvalidRequest("onboardingId must be a UUID"))?;
     api.limiter
         .check(client.id, onboarding, Limit::StatusPoll)?;
@@ -105,14 +133,20 @@ pub async fn onboarding_status(
     path = "/v1/user/verification/status",
     security(("bearer" = [])),
     params(
-        ("If-None-Match" = Option<String>, Header, description = "The ETag of the last answer"),
-        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): wait up to N s for a change"),
+        ("If-None-Match" = Option<String>, Header, description = "The ETag of the last answer (weak, a list, or `*`)"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): with a matching If-None-Match, wait up to N s for a change"),
     ),
     responses(
-        (status = 200, description = "The user's verification state", body = Status),
-        (status = 304, description = "Unchanged since the ETag presented"),
-        (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "RATE_LIMITED", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The user's verification state", body = Status,
+            headers(("ETag" = String, description = "A hash of the body"), ("Cache-Control" = String, description = "`no-cache`"))),
+        (status = 304, description = "Unchanged since the ETag presented",
+            headers(("ETag" = String, description = "The current ETag"))),
+        (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 429, description = "RATE_LIMITED", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 503, description = "DATABASE_UNAVAILABLE", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
     )
 )]
 pub async fn user_status(

@@ -18,10 +18,14 @@ use crate::storage::verifications as store;
     security(("bearer" = [])),
     responses(
         (status = 200, description = "A Veriff session URL for the user", body = crate::http::registration::SessionAnswer),
-        (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "VERIFICATION_BLOCKED", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "RATE_LIMITED, with Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
         (status = 500, description = "PROVIDER_UNAVAILABLE", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "DATABASE_UNAVAILABLE", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
     )
 )]
 pub async fn verification(

@@ -13,17 +13,25 @@ use crate::veriff::{Kind, dedup, payload};
 #[utoipa::path(
     post,
     path = "/webhooks/veriff/decision",
-    request_body(content = String, content_type = "application/json", description = "Veriff's decision webhook, signed as sent"),
+    request_body(
+        content = Option<serde_json::Value>,
+        content_type = "application/json",
+        description = "Veriff's decision webhook, exactly as signed. Any bytes whose signature verifies are accepted: one in which no session id can be read is dead-lettered as UNPARSEABLE, never dropped.",
+        example = json!({"status": "success", "verification": {"id": "11111111-1111-4111-8111-111111111111", "attemptId": "11111111-aaaa-4aaa-8aaa-111111111111", "status": "approved", "code": 9001, "reasonCode": null, "decisionTime": "2030-01-01T10:03:21.123Z"}})
+    ),
     params(
-        ("X-HMAC-SIGNATURE" = Option<String>, Header, description = "Hex HMAC-SHA256 of the raw body with the shared secret"),
-        ("VRF-HMAC-SIGNATURE" = Option<String>, Header, description = "Fallback when X-HMAC-SIGNATURE is absent"),
-        ("X-AUTH-CLIENT" = Option<String>, Header, description = "The integration's API key"),
+        ("X-HMAC-SIGNATURE" = Option<String>, Header, description = "Hex HMAC-SHA256 of the raw body with one of the integration's shared secrets (either case); sent once"),
+        ("VRF-HMAC-SIGNATURE" = Option<String>, Header, description = "Fallback when X-HMAC-SIGNATURE is absent; when both are sent they must agree"),
+        ("X-AUTH-CLIENT" = Option<String>, Header, description = "The integration's API key: its secrets verify the signature"),
     ),
     responses(
         (status = 200, description = "Durable: the broker confirmed it, or it was committed to the spool"),
-        (status = 401, description = "INVALID_SIGNATURE", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "INVALID_REQUEST: the body could not be read", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "INVALID_SIGNATURE: missing, malformed, repeated or wrong signature, unknown X-AUTH-CLIENT, or the legacy X-SIGNATURE", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "REQUEST_TIMEOUT: the body did not arrive within 10 s", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "PAYLOAD_TOO_LARGE (over 1 MiB)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "BROKER_UNAVAILABLE: neither the broker nor the spool could take it; retry later", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BROKER_UNAVAILABLE: neither the broker nor the spool could take it; retry later", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
 pub async fn decision(
@@ -37,17 +45,25 @@ pub async fn decision(
 #[utoipa::path(
     post,
     path = "/webhooks/veriff/event",
-    request_body(content = String, content_type = "application/json", description = "Veriff's event webhook, signed as sent"),
+    request_body(
+        content = Option<serde_json::Value>,
+        content_type = "application/json",
+        description = "Veriff's event webhook, exactly as signed. Any bytes whose signature verifies are accepted: one in which no session id can be read is dead-lettered as UNPARSEABLE, never dropped.",
+        example = json!({"id": "11111111-1111-4111-8111-111111111111", "attemptId": "11111111-aaaa-4aaa-8aaa-111111111111", "feature": "selfid", "code": 7002, "action": "submitted"})
+    ),
     params(
-        ("X-HMAC-SIGNATURE" = Option<String>, Header, description = "Hex HMAC-SHA256 of the raw body with the shared secret"),
-        ("VRF-HMAC-SIGNATURE" = Option<String>, Header, description = "Fallback when X-HMAC-SIGNATURE is absent"),
-        ("X-AUTH-CLIENT" = Option<String>, Header, description = "The integration's API key"),
+        ("X-HMAC-SIGNATURE" = Option<String>, Header, description = "Hex HMAC-SHA256 of the raw body with one of the integration's shared secrets (either case); sent once"),
+        ("VRF-HMAC-SIGNATURE" = Option<String>, Header, description = "Fallback when X-HMAC-SIGNATURE is absent; when both are sent they must agree"),
+        ("X-AUTH-CLIENT" = Option<String>, Header, description = "The integration's API key: its secrets verify the signature"),
     ),
     responses(
         (status = 200, description = "Durable: the broker confirmed it, or it was committed to the spool"),
-        (status = 401, description = "INVALID_SIGNATURE", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "INVALID_REQUEST: the body could not be read", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "INVALID_SIGNATURE: missing, malformed, repeated or wrong signature, unknown X-AUTH-CLIENT, or the legacy X-SIGNATURE", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "REQUEST_TIMEOUT: the body did not arrive within 10 s", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "PAYLOAD_TOO_LARGE (over 1 MiB)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "BROKER_UNAVAILABLE: neither the broker nor the spool could take it; retry later", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "BROKER_UNAVAILABLE: neither the broker nor the spool could take it; retry later", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
 pub async fn event(
@@ -141,12 +157,15 @@ async fn receive(
 }
 
 fn signature_headers(headers: &HeaderMap) -> SignatureHeaders {
-    // A header that is present but not text is kept (as empty) so it fails as malformed
-    // rather than passing as absent.
+    // A header that is present but not text, or sent more than once (which value would
+    // count?), is kept as empty so that it fails as malformed rather than passing as absent.
     let text = |name: &str| {
-        headers
-            .get(name)
-            .map(|v| v.to_str().map(str::to_owned).unwrap_or_default())
+        let mut values = headers.get_all(name);
+        let first = values.next()?;
+        if values.next().is_some() {
+            return Some(String::new());
+        }
+        Some(first.to_str().map(str::to_owned).unwrap_or_default())
     };
     SignatureHeaders {
         hmac: text("x-hmac-signature"),

@@ -464,3 +464,58 @@ fn headers_from_json(json: &serde_json::Value) -> FieldTable {
     }
     headers
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body with personal data, as Veriff's decisions carry it.
+    const BODY: &[u8] = br#"{"verification":{"id":"s1","status":"approved","person":{"firstName":"TESTY","lastName":"MCTESTFACE"}}}"#;
+
+    fn recorded() -> RecordedWebhook {
+        RecordedWebhook {
+            kind: Kind::Decision,
+            integration: Integration::Eu,
+            signature: "ab".repeat(32),
+            dedup_key: "key".to_owned(),
+            received_at: Utc::now(),
+            parsed: true,
+            body: Bytes::from_static(BODY),
+        }
+    }
+
+    fn shows_no_body(shown: &str) {
+        assert!(
+            !shown.contains("TESTY") && !shown.contains("MCTESTFACE") && !shown.contains("s1"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(&format!("body_bytes: {}", BODY.len())),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn debug_of_an_envelope_or_a_message_shows_no_body() {
+        let topology = Topology::new("kyc", vec![]);
+        let envelope = Envelope::recorded(&topology, &recorded(), None);
+        shows_no_body(&format!("{envelope:?}"));
+        let message = Message {
+            body: Bytes::from_static(BODY),
+            message_id: Some("key".to_owned()),
+            kind: Some(Kind::Decision),
+            integration: Some(Integration::Eu),
+            signature: Some("ab".repeat(32)),
+            received_at: None,
+            attempts: 0,
+            first_failure: None,
+            last_failure: None,
+            dead_reason: None,
+            dead_letter_id: None,
+            headers: FieldTable::default(),
+        };
+        shows_no_body(&format!("{message:?}"));
+        let (dead, _) = message.to_dead("kyc.dead".to_owned(), "UNPARSEABLE", Utc::now());
+        shows_no_body(&format!("{dead:?}"));
+    }
+}

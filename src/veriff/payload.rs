@@ -43,8 +43,8 @@ impl Facts {
 pub fn parse(kind: Kind, body: &[u8]) -> Option<Facts> {
     match kind {
         Kind::Decision => {
-            let DecisionBody { verification } = serde_json::from_slice(body).ok()?;
-            let v = verification?;
+            let Object(DecisionBody { verification }) = serde_json::from_slice(body).ok()?;
+            let Object(v) = verification?;
             Some(Facts {
                 session_id: non_empty(v.id)?,
                 attempt_id: non_empty(v.attempt_id),
@@ -58,7 +58,7 @@ pub fn parse(kind: Kind, body: &[u8]) -> Option<Facts> {
             })
         }
         Kind::Event => {
-            let e: EventBody = serde_json::from_slice(body).ok()?;
+            let Object(e): Object<EventBody> = serde_json::from_slice(body).ok()?;
             Some(Facts {
                 session_id: non_empty(e.id)?,
                 attempt_id: non_empty(e.attempt_id),
@@ -77,28 +77,141 @@ fn non_empty(s: Option<String>) -> Option<String> {
 
 #[derive(Deserialize)]
 struct DecisionBody {
-    verification: Option<DecisionVerification>,
+    verification: Option<Object<DecisionVerification>>,
 }
 
+/// A struct read from a JSON object only: serde would also fill one from an array, by
+/// position (`[1, "approved"]`), and a body like that has no session id.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields<T>(std::marker::PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Fields<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+
+        deserializer
+            .deserialize_map(Fields(std::marker::PhantomData))
+            .map(Object)
+    }
+}
+
+// Every text field is read with `text`: a field of an unexpected type must not make a signed
+// body unreadable when its session id and status can be read.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct DecisionVerification {
+    #[serde(default, deserialize_with = "text")]
     id: Option<String>,
+    #[serde(default, deserialize_with = "text")]
     attempt_id: Option<String>,
+    #[serde(default, deserialize_with = "text")]
     vendor_data: Option<String>,
+    #[serde(default, deserialize_with = "text")]
     status: Option<String>,
+    #[serde(default, deserialize_with = "text")]
     decision_time: Option<String>,
     reason_code: Option<ReasonCode>,
+    #[serde(default, deserialize_with = "text")]
     reason: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct EventBody {
+    #[serde(default, deserialize_with = "text")]
     id: Option<String>,
+    #[serde(default, deserialize_with = "text")]
     attempt_id: Option<String>,
+    #[serde(default, deserialize_with = "text")]
     vendor_data: Option<String>,
+    #[serde(default, deserialize_with = "text")]
     action: Option<String>,
+}
+
+/// A string as sent, or a number as its text (`"attemptId": 7`, `"decisionTime": 1767261600`:
+/// the same bytes always give the same text, so the dedup key is stable); `null`, booleans,
+/// arrays and objects count as absent, and so does a string holding NUL (`\u0000`), which
+/// PostgreSQL's text cannot store: a session id like that is no session id.
+fn text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    struct Text;
+
+    impl<'de> serde::de::Visitor<'de> for Text {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok((!v.contains('\0')).then(|| v.to_owned()))
+        }
+
+        fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(v).filter(|v| !v.contains('\0')))
+        }
+
+        fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+
+        fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+
+        fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+            Ok(Some(
+                serde_json::Number::from_f64(v).map_or_else(|| v.to_string(), |n| n.to_string()),
+            ))
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(Text)
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            while map
+                .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                .is_some()
+            {}
+            Ok(None)
+        }
+    }
+
+    deserializer.deserialize_any(Text)
 }
 
 /// `reasonCode` arrives as a number or as a string of digits.
@@ -166,6 +279,94 @@ mod tests {
         // An event body posted to the decision endpoint has no `verification.id`.
         assert_eq!(
             parse(Kind::Decision, br#"{"id":"s","action":"started"}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn fields_of_unexpected_types_do_not_make_a_body_unreadable() {
+        let body = br#"{"verification":{"id":"s1","attemptId":7,"vendorData":{"a":[1]},"status":"approved","decisionTime":1767261600,"reason":false,"reasonCode":[1]}}"#;
+        let facts = parse(Kind::Decision, body).expect("the session id and status can be read");
+        assert_eq!(facts.session_id, "s1");
+        assert_eq!(facts.attempt_id.as_deref(), Some("7"));
+        assert_eq!(facts.vendor_data, None);
+        assert_eq!(
+            facts.what,
+            What::Decision {
+                status: "approved".into(),
+                decision_time: Some("1767261600".into()),
+                reason_code: None,
+                reason: None,
+            }
+        );
+        let event = br#"{"id":12345,"attemptId":1.5,"action":"started","feature":7}"#;
+        let facts = parse(Kind::Event, event).expect("a numeric session id is its text");
+        assert_eq!(facts.session_id, "12345");
+        assert_eq!(facts.attempt_id.as_deref(), Some("1.5"));
+        // A status that is not a string or a number is no status: not a body without a session.
+        let odd_status = br#"{"verification":{"id":"s1","status":{"x":1}}}"#;
+        assert_eq!(
+            parse(Kind::Decision, odd_status).map(|f| f.status_or_action().to_owned()),
+            Some(String::new())
+        );
+    }
+
+    #[test]
+    fn the_same_bytes_give_the_same_dedup_key_with_numeric_fields() {
+        let body = br#"{"verification":{"id":"s1","attemptId":7,"status":"approved","decisionTime":1767261600}}"#;
+        let key = |b: &[u8]| {
+            super::super::dedup::dedup_key(Kind::Decision, parse(Kind::Decision, b).as_ref(), b)
+        };
+        assert_eq!(key(body), key(body));
+        let as_text = br#"{"verification":{"id":"s1","attemptId":"7","status":"approved","decisionTime":"1767261600"}}"#;
+        // The number's text is what was sent: the same facts as the string form.
+        assert_eq!(key(body), key(as_text));
+    }
+
+    #[test]
+    fn deep_nesting_never_overflows_the_stack() {
+        // Nesting in a field kyc does not read is skipped (without recursion)...
+        let mut body = br#"{"verification":{"id":"s","status":"approved","x":"#.to_vec();
+        body.extend(std::iter::repeat_n(b'[', 100_000));
+        body.extend(std::iter::repeat_n(b']', 100_000));
+        body.extend(b"}}");
+        assert_eq!(
+            parse(Kind::Decision, &body).map(|f| f.session_id),
+            Some("s".to_owned())
+        );
+        // ...and a body that is only nesting has no session id.
+        assert_eq!(parse(Kind::Event, &[b'['; 1_000_000]), None);
+        assert_eq!(parse(Kind::Decision, &[b'{'; 1_000_000]), None);
+        let mut objects = b"{\"verification\":".repeat(100_000);
+        objects.extend(b"{}".iter().chain(&b"}".repeat(100_000)));
+        assert_eq!(parse(Kind::Decision, &objects), None);
+    }
+
+    #[test]
+    fn text_with_nul_counts_as_absent() {
+        let body = br#"{"verification":{"id":"s\u0000","status":"approved"}}"#;
+        assert_eq!(parse(Kind::Decision, body), None, "no session id");
+        let body = br#"{"verification":{"id":"s","attemptId":"a\u0000","status":"approved","reason":"\u0000"}}"#;
+        let facts = parse(Kind::Decision, body).expect("a session id");
+        assert_eq!(facts.attempt_id, None);
+        assert!(matches!(facts.what, What::Decision { reason: None, .. }));
+    }
+
+    #[test]
+    fn arrays_are_not_objects() {
+        assert_eq!(
+            parse(Kind::Event, br#"["s1", "a1", null, "started"]"#),
+            None
+        );
+        assert_eq!(
+            parse(
+                Kind::Decision,
+                br#"{"verification":["s1","a1",null,"approved"]}"#
+            ),
+            None
+        );
+        assert_eq!(
+            parse(Kind::Decision, br#"[["s1","a1",null,"approved"]]"#),
             None
         );
     }

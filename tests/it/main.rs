@@ -8,6 +8,7 @@ mod deploy;
 mod errors;
 mod forward_faults;
 mod harness;
+mod hostile;
 mod ingest;
 mod migrate;
 mod oncall;

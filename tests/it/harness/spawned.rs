@@ -52,6 +52,11 @@ impl Spawned {
         &self.name
     }
 
+    /// The process id (e.g. to read `/proc/<pid>/status`).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Its log lines so far.
     pub fn logs(&self) -> Vec<String> {
         self.logs
