@@ -73,6 +73,15 @@ fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     })
 }
 
+/// CPU seconds the local RabbitMQ node has used (NaN where its pid file is not readable): the
+/// broker shares the cores, so its cost per message is part of every ingest figure.
+pub fn broker_cpu_seconds() -> f64 {
+    let pid = std::fs::read_to_string("/var/lib/rabbitmq/mnesia/rabbit@localhost.pid")
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok());
+    pid.map_or(f64::NAN, |pid| cpu_seconds(&format!("/proc/{pid}/stat")))
+}
+
 /// utime + stime of a /proc/…/stat file, in seconds.
 pub fn cpu_seconds(stat: &str) -> f64 {
     let Ok(text) = std::fs::read_to_string(stat) else {
