@@ -329,28 +329,31 @@ async fn open_lane_channel(connection: &Connection) -> lapin::Result<Channel> {
 /// Publishes a batch and settles each publish once every confirm of the batch is in. Returns
 /// whether the channel can take the next batch.
 async fn publish_batch(channel: &Channel, batch: Vec<Publish>) -> bool {
-    let mut pending = Vec::with_capacity(batch.len());
-    let mut healthy = true;
-    for publish in batch {
-        if !healthy {
-            let _ = publish.done.send(Err(PublishError::NotConnected));
-            continue;
-        }
+    // All at once: lapin writes whatever frames are queued in one go, where publishing one by
+    // one waits for each message's own write (a syscall and a TCP segment per message, which
+    // cost the broker more than the messages).
+    let sends = batch.into_iter().map(|Publish { envelope, done }| {
         let id = publish_id();
-        let Publish { envelope, done } = publish;
-        let (exchange, routing_key, body, properties) = envelope.into_parts(&id);
-        let sent = channel
-            .basic_publish(
-                exchange.as_str().into(),
-                routing_key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &body,
-                properties,
-            )
-            .await;
+        async move {
+            let (exchange, routing_key, body, properties) = envelope.into_parts(&id);
+            let sent = channel
+                .basic_publish(
+                    exchange.as_str().into(),
+                    routing_key.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &body,
+                    properties,
+                )
+                .await;
+            (done, id, sent)
+        }
+    });
+    let mut pending = Vec::new();
+    let mut healthy = true;
+    for (done, id, sent) in futures_util::future::join_all(sends).await {
         match sent {
             Ok(confirm) => pending.push((done, id, confirm)),
             Err(error) => {
