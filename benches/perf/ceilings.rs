@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
 
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
@@ -38,15 +40,31 @@ impl std::fmt::Display for Route {
     }
 }
 
-/// Messages per second a publisher gets confirmed: `tasks` tasks sharing one confirm channel,
-/// each awaiting its confirm, `body_len` bytes each, persistent, into a quorum queue.
+/// What a ceiling's publisher achieved.
+pub struct BrokerRun {
+    pub per_second: f64,
+    /// From each message's scheduled send (open loop) or its send (closed) to its confirm, µs.
+    pub latency: Histogram<u64>,
+}
+
+impl BrokerRun {
+    pub fn ms(&self, quantile: f64) -> f64 {
+        self.latency.value_at_quantile(quantile) as f64 / 1000.0
+    }
+}
+
+/// A publisher's confirmed messages: `tasks` tasks sharing one confirm channel, each awaiting
+/// its confirm, `body_len` bytes each, persistent, into a quorum queue. Closed loop (as fast as
+/// the confirms come) without a `rate`; with one, open loop: message i is due at i / rate, and
+/// its latency counts from then, so a late publisher cannot hide queueing.
 pub async fn broker(
     prefix: &str,
     route: Route,
     messages: usize,
     tasks: usize,
     body_len: usize,
-) -> f64 {
+    rate: Option<f64>,
+) -> BrokerRun {
     let connection = Arc::new(
         Connection::connect(AMQP_URL, ConnectionProperties::default())
             .await
@@ -127,7 +145,20 @@ pub async fn broker(
         let (exchange, routing_key, properties) =
             (exchange.clone(), routing_key.clone(), properties.clone());
         running.push(tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < messages {
+            let mut latency = histogram();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= messages {
+                    break latency;
+                }
+                let due = match rate {
+                    Some(rate) => {
+                        let due = started + Duration::from_secs_f64(i as f64 / rate);
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
                 let confirm = channel
                     .basic_publish(
                         exchange.as_str().into(),
@@ -141,13 +172,17 @@ pub async fn broker(
                     .await
                     .expect("confirm");
                 assert!(matches!(confirm, Confirmation::Ack(_)));
+                let _ = latency.record(due.elapsed().as_micros().max(1) as u64);
             }
         }));
     }
+    let mut latency = histogram();
     for task in running {
-        task.await.expect("publisher");
+        latency
+            .add(task.await.expect("publisher"))
+            .expect("same bounds");
     }
-    let rate = messages as f64 / started.elapsed().as_secs_f64();
+    let per_second = messages as f64 / started.elapsed().as_secs_f64();
     let _ = channel
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await;
@@ -157,7 +192,14 @@ pub async fn broker(
             .await;
     }
     let _ = connection.close(200, "done".into()).await;
-    rate
+    BrokerRun {
+        per_second,
+        latency,
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
 /// Properties of the size and shape kyc sends (DESIGN.md §5), with made-up values.

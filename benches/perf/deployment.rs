@@ -467,3 +467,36 @@ pub fn webhooks(sessions: &[(Uuid, String)]) -> (Vec<Vec<u8>>, Vec<String>) {
         })
         .unzip()
 }
+
+/// `perf record` of the whole machine while one measured phase runs, when `PERF_PROFILE_DIR`
+/// is set (set-up and seeding stay out of it). `perf report -i DIR/NAME.data --sort comm`
+/// then says which process had the cores, `--sort comm,dso,sym` what they did.
+pub struct Profile(Option<Child>);
+
+impl Profile {
+    pub fn start(name: &str) -> Self {
+        let Ok(dir) = std::env::var("PERF_PROFILE_DIR") else {
+            return Self(None);
+        };
+        std::fs::create_dir_all(&dir).expect("PERF_PROFILE_DIR");
+        let child = Command::new("perf")
+            .args(["record", "-a", "-F", "499", "-q", "-o"])
+            .arg(format!("{dir}/{name}.data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("perf (Debian's linux-perf) for PERF_PROFILE_DIR");
+        Self(Some(child))
+    }
+
+    /// SIGINT, as perf expects, then wait for it to write the file.
+    pub fn stop(self) {
+        if let Some(mut child) = self.0 {
+            let _ = Command::new("kill")
+                .arg("-INT")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+}

@@ -7,7 +7,9 @@
 //! the generator, kyc, and the services share the cores, which is why each figure is shown
 //! with the ceiling it is a share of.
 //!
-//! `PERF_ONLY=ingest,drain,…` runs some scenarios only; `PERF_SCALE=0.2` shrinks them.
+//! `PERF_ONLY=ingest,drain,…` runs some scenarios only; `PERF_SCALE=0.2` shrinks them;
+//! `PERF_PROFILE_DIR=dir` records the whole machine with `perf` during the measured phases of
+//! ingest, drain and end to end.
 
 mod ceilings;
 mod client;
@@ -23,7 +25,7 @@ use secrecy::SecretString;
 
 use ceilings::Route;
 use deployment::{
-    AMQP_URL, DEAD_AMQP_URL, Deployment, Ledger, broker_cpu_seconds, cpu_seconds, webhooks,
+    AMQP_URL, DEAD_AMQP_URL, Deployment, Ledger, Profile, broker_cpu_seconds, cpu_seconds, webhooks,
 };
 
 /// What one figure is, against what, and the target it has.
@@ -247,7 +249,9 @@ async fn measure_ceilings(plan: &Plan, report: &mut Report) -> Ceilings {
     let mut broker = [f64::NAN; 2];
     for (rate, route) in broker.iter_mut().zip([Route::Bare, Route::Contract]) {
         let cpu = broker_cpu_seconds();
-        *rate = ceilings::broker(&deployment.prefix, route, messages, 64, body_len).await;
+        *rate = ceilings::broker(&deployment.prefix, route, messages, 64, body_len, None)
+            .await
+            .per_second;
         let cpu = broker_cpu_seconds() - cpu;
         report.add(Figure::new(
             format!("broker ceiling: {route}, 64 tasks, {body_len} B, quorum queue"),
@@ -260,6 +264,31 @@ async fn measure_ceilings(plan: &Plan, report: &mut Report) -> Ceilings {
             "s",
         ));
     }
+    // What a publisher's confirm alone takes at the open-loop rate kyc's latency target has.
+    let (rate, due) = if plan.full {
+        (1000.0, 10_000)
+    } else {
+        (400.0, 200)
+    };
+    let open = ceilings::broker(
+        &deployment.prefix,
+        Route::Contract,
+        due,
+        64,
+        body_len,
+        Some(rate),
+    )
+    .await;
+    report.add(Figure::new(
+        "broker confirm latency p50 at 1,000/s open loop, contract publisher",
+        open.ms(0.5),
+        "ms",
+    ));
+    report.add(Figure::new(
+        "broker confirm latency p99 at 1,000/s open loop, contract publisher",
+        open.ms(0.99),
+        "ms",
+    ));
     let single = deployment.seed(plan.n(10_000, 200)).await;
     let unbatched = ceilings::database(&deployment, &single, 1, 4).await;
     report.add(Figure::new(
@@ -289,15 +318,19 @@ async fn ingest(plan: &Plan, report: &mut Report, ceilings: &Ceilings) {
     let deployment = Deployment::new("ingest").await;
     let n = plan.n(60_000, 300);
     const WARM: usize = 64;
-    let sessions = deployment.seed(n + WARM).await;
+    let open_n = plan.n(10_000, 100);
+    let sessions = deployment.seed(n + WARM + open_n).await;
     let (mut requests, mut keys) = webhooks(&sessions);
-    let (warm_requests, warm_keys) = (requests.split_off(n), keys.split_off(n));
+    let (mut warm_requests, mut warm_keys) = (requests.split_off(n), keys.split_off(n));
+    let (open_requests, open_keys) = (warm_requests.split_off(WARM), warm_keys.split_off(WARM));
     let serve = deployment.spawn("serve", AMQP_URL, &[]);
     deployment.ready(&serve, Duration::from_secs(30)).await;
     // Warm up connections and the broker with webhooks of their own.
     let warm = client::run(serve.addr, Arc::new(warm_requests), 8, None).await;
     let (cpu_gen, cpu_serve, cpu_broker) = (self_cpu(), serve.cpu_seconds(), broker_cpu_seconds());
+    let profile = Profile::start("ingest");
     let run = client::run(serve.addr, Arc::new(requests.clone()), 64, None).await;
+    profile.stop();
     let (cpu_gen, cpu_serve, cpu_broker) = (
         self_cpu() - cpu_gen,
         serve.cpu_seconds() - cpu_serve,
@@ -353,18 +386,34 @@ async fn ingest(plan: &Plan, report: &mut Report, ceilings: &Ceilings) {
             run.statuses
         ));
     }
+    // The same serve at 1,000/s with nothing else of kyc's running: its latency without the
+    // worker and PostgreSQL taking the cores, next to end to end's figure with them.
+    let rate = if plan.full { 1000.0 } else { 400.0 };
+    let open = client::run(serve.addr, Arc::new(open_requests), 64, Some(rate)).await;
+    report.add(Figure::new(
+        "ingest latency p50 at 1,000/s open loop, serve alone (no worker)",
+        open.ms(0.5),
+        "ms",
+    ));
+    report.add(Figure::new(
+        "ingest latency p99 at 1,000/s open loop, serve alone (no worker)",
+        open.ms(0.99),
+        "ms",
+    ));
     let worker = deployment.spawn("worker", AMQP_URL, &[]);
     let accepted: Vec<String> = run
         .accepted
         .iter()
         .map(|(i, _)| keys[*i].clone())
         .chain(warm.accepted.iter().map(|(i, _)| warm_keys[*i].clone()))
+        .chain(open.accepted.iter().map(|(i, _)| open_keys[*i].clone()))
         .collect();
     settle(&deployment, &accepted, Duration::from_secs(120)).await;
+    let others = run.other() + warm.other() + open.other();
     report.ledger(
         "ingest",
         deployment
-            .ledger(n + WARM, &accepted, run.other() + warm.other())
+            .ledger(n + WARM + open_n, &accepted, others)
             .await,
     );
     drop((serve, worker));
@@ -392,6 +441,7 @@ async fn drain(plan: &Plan, report: &mut Report, database_ceiling: f64) {
     let sessions = deployment.seed(n).await;
     let keys = preload(&deployment, &sessions).await;
     let started = Instant::now();
+    let profile = Profile::start("drain");
     let worker = deployment.spawn("worker", AMQP_URL, &[]);
     let done = deployment
         .wait_count(
@@ -400,6 +450,7 @@ async fn drain(plan: &Plan, report: &mut Report, database_ceiling: f64) {
             Duration::from_secs(600),
         )
         .await;
+    profile.stop();
     let took = done.map_or(Duration::MAX, |d| d - started);
     report.add(
         Figure::new(
@@ -501,7 +552,9 @@ async fn end_to_end(plan: &Plan, report: &mut Report) {
         let worker = deployment.spawn("worker", AMQP_URL, &[]);
         deployment.ready(&serve, Duration::from_secs(30)).await;
         deployment.ready(&worker, Duration::from_secs(30)).await;
+        let profile = Profile::start(&format!("e2e-{}", rate as u64));
         let run = client::run(serve.addr, Arc::new(requests), 64, Some(rate)).await;
+        profile.stop();
         let accepted: Vec<String> = run.accepted.iter().map(|(i, _)| keys[*i].clone()).collect();
         settle(&deployment, &accepted, Duration::from_secs(120)).await;
         let committed = committed.lock().expect("lock").clone();
