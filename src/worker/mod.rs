@@ -10,6 +10,7 @@ mod forward;
 mod housekeeping;
 mod reconcile;
 mod recorder;
+mod stranded;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,13 +24,14 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
+use lapin::{Channel, Connection, Consumer};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use apply::Outcome;
+use stranded::Stranding;
 
 use crate::backoff::Backoff;
 use crate::config::Config;
@@ -227,28 +229,27 @@ impl Worker {
     ) -> lapin::Result<()> {
         let (batches, batch_size) = (self.settings.batches, self.settings.batch_size);
         let prefetch = u16::try_from(batches * batch_size * 2).unwrap_or(u16::MAX);
-        let channel = open_channel(connection, prefetch).await?;
         let tag = format!("kyc-worker-{}", uuid::Uuid::new_v4().simple());
-        let mut consumer = channel
-            .basic_consume(
-                self.broker.topology().main_queue().as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let queue = self.broker.topology().main_queue();
+        let (channel, mut consumer) = subscribe(connection, prefetch, &queue, &tag).await?;
         let slots = Arc::new(Semaphore::new(batches));
         let in_flight = TaskTracker::new();
-        let mut resubscribe = self.broker.resubscriptions();
+        let mut stranding = Stranding::new(self.broker.resubscriptions());
         let outcome = loop {
             let first = tokio::select! {
                 () = stop.cancelled() => break Ok(()),
-                Ok(()) = resubscribe.changed() => {
-                    tracing::info!("consuming anew (the queue may have been deleted and declared again)");
-                    break Ok(());
+                suspicion = stranding.suspect() => {
+                    match stranding.stranded(suspicion, !in_flight.is_empty()) {
+                        None => continue,
+                        Some(why) => {
+                            tracing::debug!(why, "the worker consumes anew");
+                            break Ok(());
+                        }
+                    }
                 }
                 next = consumer.next() => next,
             };
+            stranding.delivered();
             let mut batch = Vec::with_capacity(batch_size);
             let mut ended = None;
             // Whatever else has already arrived joins the batch; nothing waits for more.
@@ -450,11 +451,41 @@ async fn close_channel(channel: &Channel, why: &str) {
     let _ = tokio::time::timeout(CHANNEL_TIMEOUT, channel.close(200, why.into())).await;
 }
 
-/// A channel with a prefetch limit, for a consumer loop.
-async fn open_channel(connection: &Connection, prefetch: u16) -> lapin::Result<Channel> {
-    let channel = connection.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    Ok(channel)
+/// A channel with a prefetch limit, consuming `queue`. Bounded in time: RabbitMQ may never
+/// answer a consume of a quorum queue that is being deleted at that moment, and a consumer
+/// loop stuck there would take nothing from the queue declared next.
+async fn subscribe(
+    connection: &Connection,
+    prefetch: u16,
+    queue: &str,
+    tag: &str,
+) -> lapin::Result<(Channel, Consumer)> {
+    let channel = tokio::time::timeout(CHANNEL_TIMEOUT, connection.create_channel())
+        .await
+        .map_err(|_| timed_out("opening a consumer's channel"))??;
+    let consume = async {
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        channel
+            .basic_consume(
+                queue.into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    };
+    match tokio::time::timeout(CHANNEL_TIMEOUT, consume).await {
+        Ok(Ok(consumer)) => Ok((channel, consumer)),
+        Ok(Err(error)) => Err(error),
+        Err(_) => {
+            close_channel(&channel, "consume timed out").await;
+            Err(timed_out("consuming"))
+        }
+    }
+}
+
+fn timed_out(what: &'static str) -> lapin::Error {
+    lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Error, what).into()
 }

@@ -13,12 +13,12 @@ use chrono::Utc;
 use futures_util::{FutureExt, StreamExt};
 use lapin::Connection;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicAckOptions;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Reason, Worker, close_channel, consumer_closed, open_channel};
+use super::stranded::Stranding;
+use super::{Reason, Worker, close_channel, consumer_closed, subscribe};
 use crate::backoff::Backoff;
 use crate::error::chain;
 use crate::queue::Message;
@@ -48,18 +48,10 @@ impl Worker {
         connection: &Connection,
         stop: &CancellationToken,
     ) -> lapin::Result<()> {
-        let channel = open_channel(connection, 16).await?;
-        let mut consumer = channel
-            .basic_consume(
-                self.broker.topology().dead_queue().as_str().into(),
-                format!("kyc-recorder-{}", Uuid::new_v4().simple())
-                    .as_str()
-                    .into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let mut resubscribe = self.broker.resubscriptions();
+        let tag = format!("kyc-recorder-{}", Uuid::new_v4().simple());
+        let queue = self.broker.topology().dead_queue();
+        let (channel, mut consumer) = subscribe(connection, 16, &queue, &tag).await?;
+        let mut stranding = Stranding::new(self.broker.resubscriptions());
         let outcome = loop {
             tokio::select! {
                 () = stop.cancelled() => break Ok(()),
@@ -67,14 +59,21 @@ impl Worker {
                 // RabbitMQ does not always say so: record the letters this consumer already
                 // holds (they were delivered; their queue may be gone), then consume anew.
                 // No basic.cancel: for a consumer of a deleted queue it may never be answered.
-                Ok(()) = resubscribe.changed() => {
-                    while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
-                        self.record_one(&delivery, stop).await;
+                suspicion = stranding.suspect() => {
+                    // Each letter is recorded before the next is taken: never busy here.
+                    if let Some(why) = stranding.stranded(suspicion, false) {
+                        tracing::debug!(why, "the dead-letter recorder consumes anew");
+                        while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
+                            self.record_one(&delivery, stop).await;
+                        }
+                        break Ok(());
                     }
-                    break Ok(());
                 }
                 next = consumer.next() => match next {
-                    Some(Ok(delivery)) => self.record_one(&delivery, stop).await,
+                    Some(Ok(delivery)) => {
+                        stranding.delivered();
+                        self.record_one(&delivery, stop).await;
+                    }
                     Some(Err(error)) => break Err(error),
                     None => break Err(consumer_closed()),
                 }

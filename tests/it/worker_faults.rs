@@ -275,3 +275,36 @@ async fn a_graceful_stop_acks_every_message_it_applied() {
         "{applied} applied + {ready} queued: a committed message was left unacked"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_consumes_its_queue_again_after_another_process_declared_it_anew() {
+    // The queues deleted and declared again by another process (here the test; in a
+    // deployment, serve's publisher after an unroutable publish). RabbitMQ does not always
+    // cancel the old queue's consumers, and this worker's process is not the one that
+    // declared: its consumers must find out from the queues themselves.
+    let app = receiver(&[]).await;
+    let _worker = worker_of(&app).await;
+    let v = app.seed_verification(EU, "s1").await;
+    app.send("event", &event("s1", Some("a1"), "started")).await;
+    app.wait_inputs(v, 2).await;
+    let topology = app.config.topology();
+    let (main, dead) = (topology.main_queue(), topology.dead_queue());
+    for queue in [&main, &dead] {
+        app.peek().delete_queue(queue).await;
+    }
+    app.peek().declare_topology().await;
+    for queue in [&main, &dead] {
+        eventually(
+            Duration::from_secs(20),
+            "the worker consuming the new queue",
+            || async { (app.peek().consumers(queue).await == 1).then_some(()) },
+        )
+        .await;
+    }
+    app.send(
+        "decision",
+        &decision("s1", Some("a1"), "approved", &time(1), None),
+    )
+    .await;
+    app.wait_row(v, "VERIFIED", "NONE").await;
+}
