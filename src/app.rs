@@ -258,9 +258,15 @@ impl Service {
     /// Stops accepting work, lets in-flight work finish, and waits for every task.
     pub async fn shutdown(mut self) {
         self.draining.cancel();
+        let started = std::time::Instant::now();
         for server in std::mem::take(&mut self.servers) {
             server.stop(true).await;
         }
+        // What a stop took says whether requests were still being answered.
+        tracing::info!(
+            millis = started.elapsed().as_millis() as u64,
+            "HTTP servers stopped; stopping the background tasks"
+        );
         self.stop.cancel();
         while let Some(ended) = self.tasks.join_next().await {
             if let Ok((name, Err(e))) = ended {
