@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
@@ -18,6 +18,7 @@ use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, Exc
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
+use crate::client;
 use crate::deployment::{AMQP_URL, Deployment};
 
 /// How the ceiling's publisher reaches its queue.
@@ -145,20 +146,13 @@ pub async fn broker(
         let (exchange, routing_key, properties) =
             (exchange.clone(), routing_key.clone(), properties.clone());
         running.push(tokio::spawn(async move {
-            let mut latency = histogram();
+            let mut latency = client::histogram();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= messages {
                     break latency;
                 }
-                let due = match rate {
-                    Some(rate) => {
-                        let due = started + Duration::from_secs_f64(i as f64 / rate);
-                        tokio::time::sleep_until(due.into()).await;
-                        due
-                    }
-                    None => Instant::now(),
-                };
+                let due = client::due(started, i, rate).await;
                 let confirm = channel
                     .basic_publish(
                         exchange.as_str().into(),
@@ -176,7 +170,7 @@ pub async fn broker(
             }
         }));
     }
-    let mut latency = histogram();
+    let mut latency = client::histogram();
     for task in running {
         latency
             .add(task.await.expect("publisher"))
@@ -196,10 +190,6 @@ pub async fn broker(
         per_second,
         latency,
     }
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
 /// Properties of the size and shape kyc sends (DESIGN.md §5), with made-up values.

@@ -153,8 +153,23 @@ impl Run {
     }
 }
 
-fn histogram() -> Histogram<u64> {
+/// Latencies in µs, up to two minutes.
+pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
+}
+
+/// When the `i`th of a run started at `started` is due, waited for. Open loop (a `rate`): at
+/// its scheduled time, and latency counts from then, however late the generator is to send
+/// it. Closed loop: now.
+pub async fn due(started: Instant, i: usize, rate: Option<f64>) -> Instant {
+    match rate {
+        Some(rate) => {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+            due
+        }
+        None => Instant::now(),
+    }
 }
 
 /// Sends every request of `requests` once, over `connections` connections, each as soon as
@@ -180,16 +195,7 @@ pub async fn run(
                 if i >= requests.len() {
                     break;
                 }
-                // Open loop: the request is due at its scheduled time; latency counts from
-                // then, however late the generator is to send it.
-                let due = match rate {
-                    Some(rate) => {
-                        let due = started + Duration::from_secs_f64(i as f64 / rate);
-                        tokio::time::sleep_until(due.into()).await;
-                        due
-                    }
-                    None => Instant::now(),
-                };
+                let due = due(started, i, rate).await;
                 let status = conn.exchange(&requests[i]).await.unwrap_or(0);
                 let done = Instant::now();
                 let micros = done.saturating_duration_since(due).as_micros() as u64;
