@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Semaphore;
 
 use kyc::storage::registration::key_digest;
@@ -72,21 +73,7 @@ async fn slow_body(addr: String, started: Arc<Semaphore>) -> Ended {
     write.write_all(head.as_bytes()).await.expect("head sent");
     let sent = Instant::now();
     started.add_permits(1);
-    let trickle = async {
-        let mut tick = tokio::time::interval(TRICKLE);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            if write.write_all(b" ").await.is_err() {
-                // The server is gone from this connection: wait for the reader to see why.
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    let answer = tokio::select! {
-        answer = raw::read_response(&mut read) => answer,
-        () = trickle => unreachable!("the trickle never ends by itself"),
-    };
+    let answer = trickle_until_answered(&mut read, &mut write, b" ").await;
     ended(answer, sent.elapsed())
 }
 
@@ -100,21 +87,31 @@ async fn slow_head(addr: String, started: Arc<Semaphore>) -> Ended {
         .await
         .expect("request line sent");
     started.add_permits(1);
+    let answer = trickle_until_answered(&mut read, &mut write, b"a").await;
+    ended(answer, connected.elapsed())
+}
+
+/// Writes `byte` every `TRICKLE` until the server answers or closes, and returns what it said.
+async fn trickle_until_answered(
+    read: &mut OwnedReadHalf,
+    write: &mut OwnedWriteHalf,
+    byte: &[u8],
+) -> RawAnswer {
     let trickle = async {
         let mut tick = tokio::time::interval(TRICKLE);
         tick.tick().await;
         loop {
             tick.tick().await;
-            if write.write_all(b"a").await.is_err() {
+            if write.write_all(byte).await.is_err() {
+                // The server is gone from this connection: wait for the reader to see why.
                 std::future::pending::<()>().await;
             }
         }
     };
-    let answer = tokio::select! {
-        answer = raw::read_response(&mut read) => answer,
+    tokio::select! {
+        answer = raw::read_response(read) => answer,
         () = trickle => unreachable!("the trickle never ends by itself"),
-    };
-    ended(answer, connected.elapsed())
+    }
 }
 
 fn ended(answer: RawAnswer, after: Duration) -> Ended {
