@@ -27,13 +27,10 @@ use kyc::veriff::Kind;
 use kyc::veriff::dedup::dedup_key;
 use kyc::veriff::payload::parse;
 
-use crate::harness::amqp::DeleteOnDrop;
 use crate::harness::process::kyc_command;
 use crate::harness::seed::{decision, signed, time, verifications_with_sessions};
 use crate::harness::spawned::Spawned;
-use crate::harness::{
-    AMQP_URL, ARCHIVE_KEY, QueuePeek, TestDb, eventually, test_config, unique_prefix,
-};
+use crate::harness::{QueuePeek, child_deployment, eventually};
 
 const WEBHOOKS: usize = 2_000;
 /// Five decisions per session: four `resubmission_requested`, then the approval.
@@ -341,16 +338,7 @@ async fn settled(client: &tokio_postgres::Client, keys: &[String]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_receivers_and_two_workers_apply_every_webhook_once_through_sigterm_and_sigkill() {
     let wall = Instant::now();
-    kyc::tls::install();
-    let db = TestDb::create().await;
-    let config = test_config(
-        &unique_prefix(),
-        AMQP_URL,
-        &db.url,
-        &["--archive-encryption-key", ARCHIVE_KEY],
-    );
-    // Declared before the processes, so dropped after them: nothing declares the queues again.
-    let _queues = DeleteOnDrop(config.topology());
+    let (db, config, _queues) = child_deployment().await;
     let sessions: Vec<String> = (0..SESSIONS).map(|i| format!("replica-{i}")).collect();
     let verifications = verifications_with_sessions(&db.url, &config.policy(), &sessions).await;
 

@@ -81,6 +81,22 @@ pub fn unique_prefix() -> String {
 
 pub const ARCHIVE_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
+/// A deployment for kyc processes the test starts as children: a database and a queue prefix
+/// of its own, and a guard that deletes the queues. Bind it before the processes, so that it
+/// drops after them and nothing declares the queues again.
+pub async fn child_deployment() -> (TestDb, Config, amqp::DeleteOnDrop) {
+    kyc::tls::install();
+    let db = TestDb::create().await;
+    let config = test_config(
+        &unique_prefix(),
+        AMQP_URL,
+        &db.url,
+        &["--archive-encryption-key", ARCHIVE_KEY],
+    );
+    let queues = amqp::DeleteOnDrop(config.topology());
+    (db, config, queues)
+}
+
 /// A running kyc on port 0 with a queue prefix (and, with the worker, a database) of its own.
 pub struct TestApp {
     pub base_url: String,

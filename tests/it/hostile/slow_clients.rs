@@ -16,11 +16,10 @@ use tokio::sync::Semaphore;
 use kyc::storage::registration::key_digest;
 
 use super::raw::{self, RawAnswer};
-use crate::harness::amqp::DeleteOnDrop;
 use crate::harness::process::kyc_command;
 use crate::harness::seed::{event, signed};
 use crate::harness::spawned::Spawned;
-use crate::harness::{AMQP_URL, ARCHIVE_KEY, TestDb, eventually, test_config, unique_prefix};
+use crate::harness::{child_deployment, eventually};
 
 /// Connections that declare `Content-Length: 1048576` and send a byte every `TRICKLE`.
 const SLOW_BODIES: usize = 300;
@@ -135,16 +134,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off_while_real_requests_are_answered_promptly() {
-    kyc::tls::install();
-    let db = TestDb::create().await;
-    let config = test_config(
-        &unique_prefix(),
-        AMQP_URL,
-        &db.url,
-        &["--archive-encryption-key", ARCHIVE_KEY],
-    );
-    // Dropped after the process (declared before it).
-    let _queues = DeleteOnDrop(config.topology());
+    let (db, config, _queues) = child_deployment().await;
     let client_key = format!("ck_slow_{}", uuid::Uuid::new_v4().simple());
     let onboarding = uuid::Uuid::new_v4();
     let sql = db.client().await;
